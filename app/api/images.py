@@ -1,0 +1,60 @@
+"""POST /api/v1/images: analyse one or more uploaded pictures."""
+from __future__ import annotations
+
+import time
+
+from flask import current_app, request
+
+from app.api import bp
+from app.errors import bad_request, error_response
+from app.imaging import ImageError, decode_image
+from app.inference import get_service
+from app.inference.batching import QueueFullError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_bool(value: str | None, default: bool) -> bool | None:
+    """Query-string flag -> bool; None when the value is not a boolean."""
+    if value is None:
+        return default
+    v = value.strip().lower()
+    return True if v in _TRUE else False if v in _FALSE else None
+
+
+@bp.post("/images")
+def analyze_images():
+    t0 = time.perf_counter()
+    detect = parse_bool(request.args.get("detect"), True)
+    if detect is None:
+        return bad_request("query parameter 'detect' must be true or false")
+    files = request.files.getlist("image")  # may raise 413, handled as JSON
+    if not files:
+        return bad_request("send the picture as multipart/form-data in a field named 'image'", "missing_image")
+    limit = current_app.config["MAX_IMAGES_PER_REQUEST"]
+    if len(files) > limit:
+        return bad_request(f"{len(files)} images in one request; the limit is {limit}", "too_many_images")
+
+    service = get_service()
+    results = []
+    for f in files:
+        name = f.filename or "image"
+        t_read = time.perf_counter()
+        try:
+            decoded = decode_image(f.read(), current_app.config["MAX_IMAGE_PIXELS"])
+        except ImageError as exc:
+            return error_response(exc.status, f"{name}: {exc.message}", exc.code)
+        decode_ms = (time.perf_counter() - t_read) * 1000
+        try:
+            analysis = service.analyze(decoded.pixels, detect=detect)
+        except QueueFullError:
+            return error_response(503, "the server is busy; try again in a moment", "busy", {"Retry-After": "1"})
+        analysis.timings_ms = {"decode": decode_ms, **analysis.timings_ms}
+        analysis.timings_ms["total"] += decode_ms
+        results.append({"filename": name, **analysis.to_dict()})
+    return {
+        "images": results,
+        "models": service.describe_models(),
+        "timings_ms": {"total": round((time.perf_counter() - t0) * 1000, 2)},
+    }

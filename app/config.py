@@ -1,0 +1,60 @@
+"""Every knob of the application, read from environment variables with safe defaults.
+
+Each value gets its real type here, where it is read, so the rest of the code reads typed values.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from exc
+
+
+class Config:
+    SECRET_KEY = os.environ.get("SECRET_KEY") or os.urandom(16).hex()
+
+    # Inference service
+    DEVICE = os.environ.get("FACEAPP_DEVICE", "auto")  # auto | cpu | cuda | cuda:N
+    TORCH_THREADS = _int("FACEAPP_TORCH_THREADS", 0)  # 0: one per CPU core
+    MAX_BATCH_SIZE = _int("FACEAPP_MAX_BATCH_SIZE", 32)
+    MAX_WAIT_MS = _float("FACEAPP_MAX_WAIT_MS", 5.0)
+    MAX_QUEUE = _int("FACEAPP_MAX_QUEUE", 1024)
+    EMOTION_WEIGHTS = os.environ.get("FACEAPP_EMOTION_WEIGHTS", str(ROOT / "models" / "weights" / "emotion.pt"))
+    AGE_GENDER_WEIGHTS = os.environ.get("FACEAPP_AGE_GENDER_WEIGHTS",
+                                        str(ROOT / "models" / "weights" / "age_gender.pt"))
+    DETECTOR_MAX_SIDE = _int("FACEAPP_DETECTOR_MAX_SIDE", 1280)
+    DETECTOR_MIN_FACE = _int("FACEAPP_DETECTOR_MIN_FACE", 20)
+    DETECTOR_MIN_SCORE = _float("FACEAPP_DETECTOR_MIN_SCORE", 0.9)
+
+    # Uploads
+    MAX_UPLOAD_MB = _float("MAX_UPLOAD_MB", 20.0)
+    MAX_CONTENT_LENGTH = int(MAX_UPLOAD_MB * 1024 * 1024)
+    MAX_IMAGE_PIXELS = _int("MAX_IMAGE_PIXELS", 40_000_000)
+    MAX_IMAGES_PER_REQUEST = _int("MAX_IMAGES_PER_REQUEST", 16)
+    UPLOAD_FOLDER = os.environ.get("UPLOAD_FOLDER", str(ROOT / "instance" / "uploads"))
+
+    # Front-end libraries installed from npm (package.json) into a git-ignored folder
+    NODE_MODULES = os.environ.get("FACEAPP_NODE_MODULES", str(ROOT / "node_modules"))
+
+    LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+    TESTING = False

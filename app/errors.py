@@ -1,0 +1,57 @@
+"""One error shape for the whole app: ``{"error": {"code", "message"}}`` for API callers (and any
+client that prefers JSON), an HTML page for browsers. Nothing escapes as an unhandled 500."""
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
+
+log = logging.getLogger(__name__)
+
+
+def _default_code(status: int) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", HTTP_STATUS_CODES.get(status, "error").lower()).strip("_")
+
+
+def error_response(status: int, message: str | None = None, code: str | None = None, headers=None):
+    """The JSON error response every API failure goes through."""
+    body = {"error": {"code": code or _default_code(status),
+                      "message": message or HTTP_STATUS_CODES.get(status, "Unknown error")}}
+    response = jsonify(body)
+    response.status_code = status
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def bad_request(message: str, code: str = "bad_request"):
+    return error_response(400, message, code)
+
+
+def wants_json() -> bool:
+    if request.path.startswith("/api/"):
+        return True
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def handle_http(exc: HTTPException):
+        message = exc.description
+        if exc.code == 413:
+            message = f"the upload is larger than the {app.config['MAX_UPLOAD_MB']:g} MB limit"
+        if wants_json():
+            return error_response(exc.code or 500, message)
+        return render_template("error.html", status=exc.code, title=exc.name, message=message), exc.code
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        if wants_json():
+            return error_response(500, "internal error; the server logged the details", "internal_error")
+        return render_template("error.html", status=500, title="Internal error",
+                               message="Something went wrong; the server logged the details."), 500

@@ -1,0 +1,248 @@
+"""The one inference service of a process: detector + emotion and age/gender heads, loaded once.
+
+Photo, video, live, the CLI and the benchmarks all go through :meth:`InferenceService.analyze`, so
+device choice, batching and preprocessing live here and nowhere else.
+
+Flow for one picture: detect (MTCNN, one picture at a time under a lock: on 2 CPU cores running
+two pyramids at once only thrashes) -> align each face into each head's training frame -> submit
+each face to the micro-batcher, which runs both heads on faces gathered from all concurrent callers
+-> typed :class:`Analysis`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from app.inference.batching import MicroBatcher
+from app.inference.results import Age, Analysis, Emotion, Face, FacePrediction, Gender, age_group
+from models.age_gender import decode_age_gender
+from models.checkpoint import LoadedModel, load_checkpoint
+from models.detector import Detection, FaceDetector
+from models.emotion import decode_emotion
+from models.preprocess import align_face, resize_face, to_tensor
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> the first CUDA GPU when there is one, else the CPU."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use FACEAPP_DEVICE=cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {name!r}: use auto, cpu or cuda[:N]")
+    return device
+
+
+@dataclass
+class _FaceJob:
+    """One face to run through the heads: its crop for each head."""
+
+    emotion_crop: np.ndarray
+    age_gender_crop: np.ndarray
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    emotion_weights: str
+    age_gender_weights: str
+    device: str = "auto"
+    torch_threads: int = 0
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    detector_max_side: int = 1280
+    detector_min_face: int = 20
+    detector_min_score: float = 0.9
+
+    @classmethod
+    def from_config(cls, config) -> "ServiceSettings":
+        get = config.get if isinstance(config, dict) else lambda k: getattr(config, k)
+        return cls(
+            emotion_weights=str(get("EMOTION_WEIGHTS")),
+            age_gender_weights=str(get("AGE_GENDER_WEIGHTS")),
+            device=get("DEVICE"),
+            torch_threads=int(get("TORCH_THREADS")),
+            max_batch_size=int(get("MAX_BATCH_SIZE")),
+            max_wait_ms=float(get("MAX_WAIT_MS")),
+            max_queue=int(get("MAX_QUEUE")),
+            detector_max_side=int(get("DETECTOR_MAX_SIDE")),
+            detector_min_face=int(get("DETECTOR_MIN_FACE")),
+            detector_min_score=float(get("DETECTOR_MIN_SCORE")),
+        )
+
+
+class InferenceService:
+    """Loads the detector and the heads once and serves every mode.
+
+    Thread-safe: any number of threads may call :meth:`analyze` at once.
+    Raises ``models.checkpoint.CheckpointError`` at construction when a weight file is missing or
+    corrupt, so a server never starts with random weights.
+    """
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.half = self.device.type == "cuda"
+        if self.device.type == "cpu":
+            torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
+        self.emotion = self._load(settings.emotion_weights, "emotion")
+        self.age_gender = self._load(settings.age_gender_weights, "age_gender")
+        self.detector = FaceDetector(device=self.device, min_face_size=settings.detector_min_face,
+                                     max_side=settings.detector_max_side, min_score=settings.detector_min_score)
+        self._detect_lock = threading.Lock()
+        self._batcher: MicroBatcher[_FaceJob, FacePrediction] = MicroBatcher(
+            self._predict_batch, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue, name="face-heads")
+        self.ready = False
+        self._warm_up()
+        self.ready = True
+
+    @classmethod
+    def from_config(cls, config) -> "InferenceService":
+        return cls(ServiceSettings.from_config(config))
+
+    # -- loading --------------------------------------------------------------------------------
+    def _load(self, path: str, task: str) -> LoadedModel:
+        loaded = load_checkpoint(path, task=task)
+        model = loaded.model.to(self.device)
+        # channels_last: ~1.6x faster convolutions on this CPU (bench/), and the fast layout on GPUs.
+        model = model.to(memory_format=torch.channels_last)
+        if self.half:
+            model = model.half()
+        loaded.model = model
+        log.info("loaded %s model %s (%s) on %s", task, path, loaded.card.arch, self.device)
+        return loaded
+
+    def _warm_up(self) -> None:
+        """First calls allocate and pick kernels; pay that before the server reports ready."""
+        blank = np.full((240, 320, 3), 127, dtype=np.uint8)
+        with self._detect_lock:
+            self.detector.detect(blank)
+        job = self._job_from_crop(blank)
+        for _ in range(2):
+            self._batcher.submit(job).result()
+
+    # -- public API -----------------------------------------------------------------------------
+    @property
+    def device_description(self) -> str:
+        if self.device.type == "cuda":
+            return f"{self.device} ({torch.cuda.get_device_name(self.device)}, fp16)"
+        return f"cpu ({torch.get_num_threads()} threads, fp32)"
+
+    def describe_models(self) -> dict:
+        """What the API reports under "models"."""
+        return {
+            "emotion": self.emotion.card.summary(),
+            "age_gender": self.age_gender.card.summary(),
+            "detector": {"arch": "mtcnn", "package": "facenet-pytorch", "max_side": self.detector.max_side,
+                         "min_score": self.detector.min_score},
+        }
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        with self._detect_lock:
+            return self.detector.detect(image)
+
+    def detect_many(self, images: list[np.ndarray]) -> list[list[Detection]]:
+        with self._detect_lock:
+            return self.detector.detect_many(images)
+
+    def analyze(self, image: np.ndarray, detect: bool = True) -> Analysis:
+        """Analyse one RGB uint8 picture.
+
+        Args:
+            image: (H, W, 3) uint8, RGB.
+            detect: when False the whole picture is taken as one face, already cropped.
+        """
+        t0 = time.perf_counter()
+        h, w = image.shape[:2]
+        timings: dict[str, float] = {}
+        if detect:
+            detections = self.detect(image)
+        else:
+            detections = []
+        t1 = time.perf_counter()
+        timings["detect"] = (t1 - t0) * 1000
+        if detect:
+            faces = self.analyze_detections(image, detections, timings)
+        else:
+            pred = self._batcher.submit(self._job_from_crop(image)).result()
+            t2 = time.perf_counter()
+            timings["align"] = 0.0
+            timings["models"] = (t2 - t1) * 1000
+            faces = [Face(box=(0.0, 0.0, float(w), float(h)), score=1.0, landmarks=[], emotion=pred.emotion,
+                          age=pred.age, gender=pred.gender)]
+        timings["total"] = (time.perf_counter() - t0) * 1000
+        return Analysis(width=w, height=h, faces=faces, timings_ms=timings)
+
+    def analyze_detections(self, image: np.ndarray, detections: Sequence[Detection],
+                           timings: dict[str, float] | None = None) -> list[Face]:
+        """Run the heads on faces already found in ``image`` (video and live reuse detections)."""
+        t0 = time.perf_counter()
+        jobs = [self._job_from_landmarks(image, d.landmarks) for d in detections]
+        t1 = time.perf_counter()
+        futures: list[Future] = self._batcher.submit_many(jobs)
+        preds = [f.result() for f in futures]
+        t2 = time.perf_counter()
+        if timings is not None:
+            timings["align"] = (t1 - t0) * 1000
+            timings["models"] = (t2 - t1) * 1000
+        return [
+            Face(box=tuple(float(v) for v in d.box), score=d.score,
+                 landmarks=[(float(x), float(y)) for x, y in d.landmarks],
+                 emotion=p.emotion, age=p.age, gender=p.gender)
+            for d, p in zip(detections, preds)
+        ]
+
+    def close(self) -> None:
+        self._batcher.close()
+
+    @property
+    def batch_stats(self):
+        return self._batcher.stats
+
+    # -- internals ------------------------------------------------------------------------------
+    def _job_from_landmarks(self, image: np.ndarray, landmarks: np.ndarray) -> _FaceJob:
+        return _FaceJob(emotion_crop=align_face(image, landmarks, self.emotion.card.preprocess),
+                        age_gender_crop=align_face(image, landmarks, self.age_gender.card.preprocess))
+
+    def _job_from_crop(self, image: np.ndarray) -> _FaceJob:
+        return _FaceJob(emotion_crop=resize_face(image, self.emotion.card.preprocess),
+                        age_gender_crop=resize_face(image, self.age_gender.card.preprocess))
+
+    def _run_head(self, head: LoadedModel, crops: list[np.ndarray]) -> torch.Tensor:
+        x = to_tensor(crops, head.card.preprocess).to(self.device, non_blocking=True)
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.half:
+            x = x.half()
+        return head.model(x)
+
+    @torch.inference_mode()
+    def _predict_batch(self, jobs: list[_FaceJob]) -> list[FacePrediction]:
+        emotion_probs = decode_emotion(self._run_head(self.emotion, [j.emotion_crop for j in jobs])).cpu().numpy()
+        ag = decode_age_gender(self._run_head(self.age_gender, [j.age_gender_crop for j in jobs]))
+        age_mean, age_std, p_female = (t.cpu().numpy() for t in (ag.age_mean, ag.age_std, ag.p_female))
+        classes = self.emotion.card.labels["emotion"]
+        out = []
+        for i in range(len(jobs)):
+            probs = {c: float(p) for c, p in zip(classes, emotion_probs[i])}
+            female = float(p_female[i])
+            years = float(age_mean[i])
+            out.append(FacePrediction(
+                emotion=Emotion(label=classes[int(emotion_probs[i].argmax())], probabilities=probs),
+                age=Age(years=years, std=float(age_std[i]), group=age_group(years)),
+                gender=Gender(label="female", probability=female) if female >= 0.5
+                else Gender(label="male", probability=1.0 - female),
+            ))
+        return out
