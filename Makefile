@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 5000
-THREADS ?= 16
+THREADS ?= 32
 
 .PHONY: run test install install-dev bench clean
 

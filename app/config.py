@@ -56,5 +56,16 @@ class Config:
     # Front-end libraries installed from npm (package.json) into a git-ignored folder
     NODE_MODULES = os.environ.get("FACEAPP_NODE_MODULES", str(ROOT / "node_modules"))
 
+    # Live mode (Socket.IO namespace /live)
+    MAX_LIVE_CLIENTS = _int("MAX_LIVE_CLIENTS", 16)  # per server process; beyond it a "busy" refusal
+    MAX_LIVE_FRAME_BYTES = _int("MAX_LIVE_FRAME_BYTES", 2 * 1024 * 1024)
+    MAX_LIVE_FRAME_SIDE = _int("MAX_LIVE_FRAME_SIDE", 1280)  # pixels; the page sends at most 640
+    LIVE_DEFAULT_ALPHA = _float("LIVE_DEFAULT_ALPHA", 0.3)  # weight of the newest frame in the averages
+    LIVE_TRACK_MIN_IOU = _float("LIVE_TRACK_MIN_IOU", 0.3)
+    LIVE_TRACK_MAX_AGE = _int("LIVE_TRACK_MAX_AGE", 5)  # frames a track survives without its face
+    # Faces in a webcam frame are large: detecting on the frame downscaled to 320 px is 2.5x faster than
+    # at 640 and finds the same boxes (tests/test_live.py); the heads still see crops of the full frame.
+    LIVE_DETECTOR_MAX_SIDE = _int("FACEAPP_LIVE_DETECTOR_MAX_SIDE", 320)
+
     LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
     TESTING = False

@@ -16,10 +16,14 @@ def _default_code(status: int) -> str:
     return re.sub(r"[^a-z0-9]+", "_", HTTP_STATUS_CODES.get(status, "error").lower()).strip("_")
 
 
+def error_body(code: str, message: str) -> dict:
+    """The one error shape, for HTTP responses and Socket.IO answers alike."""
+    return {"error": {"code": code, "message": message}}
+
+
 def error_response(status: int, message: str | None = None, code: str | None = None, headers=None):
     """The JSON error response every API failure goes through."""
-    body = {"error": {"code": code or _default_code(status),
-                      "message": message or HTTP_STATUS_CODES.get(status, "Unknown error")}}
+    body = error_body(code or _default_code(status), message or HTTP_STATUS_CODES.get(status, "Unknown error"))
     response = jsonify(body)
     response.status_code = status
     if headers:

@@ -40,19 +40,36 @@ class FaceDetector:
             raise ValueError("max_side must be at least 64 pixels")
         self.device = torch.device(device)
         self.max_side = int(max_side)
+        self.min_face_size = int(min_face_size)
         self.min_score = float(min_score)
         self._mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds),
                             device=self.device, post_process=False)
 
-    def detect(self, image: np.ndarray) -> list[Detection]:
-        """RGB uint8 (H, W, 3) -> detections sorted by score, best first."""
-        return self.detect_many([image])[0]
+    def detect(self, image: np.ndarray, max_side: int | None = None) -> list[Detection]:
+        """RGB uint8 (H, W, 3) -> detections sorted by score, best first.
 
-    def detect_many(self, images: list[np.ndarray]) -> list[list[Detection]]:
+        ``max_side`` overrides the detector's own for this call (the live mode detects on smaller
+        pictures than the photo API).
+        """
+        return self.detect_many([image], max_side)[0]
+
+    def detect_many(self, images: list[np.ndarray], max_side: int | None = None) -> list[list[Detection]]:
         """Several pictures at once. Same-sized pictures go through MTCNN as one batch (video frames)."""
         if not images:
             return []
-        scaled, scales = zip(*(self._downscale(img) for img in images))
+        max_side = self.max_side if max_side is None else max_side
+        pairs = [self._downscale(img, max_side) for img in images]
+        # MTCNN's pyramid is empty (and facenet-pytorch fails) when the short side is below the
+        # smallest face size: such a picture has no face we could find.
+        searchable = [i for i, (im, _) in enumerate(pairs) if min(im.shape[:2]) >= self.min_face_size]
+        results: list[list[Detection]] = [[] for _ in images]
+        if searchable:
+            found = self._detect_scaled([pairs[i][0] for i in searchable], [pairs[i][1] for i in searchable])
+            for i, detections in zip(searchable, found):
+                results[i] = detections
+        return results
+
+    def _detect_scaled(self, scaled: list[np.ndarray], scales: list[float]) -> list[list[Detection]]:
         same_size = len({im.shape for im in scaled}) == 1
         if same_size and len(scaled) > 1:
             batch = np.stack(scaled)
@@ -66,14 +83,14 @@ class FaceDetector:
                 points.append(l)
         return [self._convert(b, p, l, s) for b, p, l, s in zip(boxes, probs, points, scales)]
 
-    def _downscale(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+    def _downscale(self, image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError("detector expects an RGB uint8 array of shape (H, W, 3)")
         h, w = image.shape[:2]
         side = max(h, w)
-        if side <= self.max_side:
+        if side <= max_side:
             return np.ascontiguousarray(image), 1.0
-        scale = self.max_side / side
+        scale = max_side / side
         small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         return small, scale
 

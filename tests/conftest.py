@@ -2,21 +2,12 @@
 fresh app per test, the Flask test client and CLI runner, and real face photos shipped by packages."""
 from __future__ import annotations
 
-import tempfile
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from app import create_app
-from app.config import Config
-
-
-class TestConfig(Config):
-    TESTING = True
-    DEVICE = "cpu"
-    MAX_WAIT_MS = 2.0
-    UPLOAD_FOLDER = tempfile.mkdtemp(prefix="faceapp-test-uploads-")
+from helpers import TestConfig
 
 
 @pytest.fixture(scope="session")

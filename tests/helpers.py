@@ -2,9 +2,20 @@
 from __future__ import annotations
 
 import io
+import tempfile
 
 import numpy as np
 from PIL import Image
+
+from app.config import Config
+
+
+class TestConfig(Config):
+    __test__ = False  # a config, not a test class
+    TESTING = True
+    DEVICE = "cpu"
+    MAX_WAIT_MS = 2.0
+    UPLOAD_FOLDER = tempfile.mkdtemp(prefix="faceapp-test-uploads-")
 
 
 def encode(image: np.ndarray, fmt: str = "JPEG", **save_kwargs) -> bytes:

@@ -11,7 +11,7 @@ from PIL import Image
 from app import create_app
 from helpers import ASTRONAUT_FACE, box_iou, encode, upload
 from models.emotion import EMOTION_CLASSES
-from conftest import TestConfig
+from helpers import TestConfig
 
 AGE_GROUPS = {"child", "teen", "young adult", "adult", "senior"}
 
@@ -120,7 +120,18 @@ def gif_bytes() -> bytes:
 def test_bad_files_get_clear_errors(client, data, name, status, code):
     r = post_images(client, upload(gif_bytes() if data is None else data, name))
     assert r.status_code == status
-    assert r.json["error"]["code"] == code and name in r.json["error"]["message"]
+    assert r.json["error"]["code"] == code and name not in r.json["error"]["message"]
+
+
+def test_tiny_images_have_no_faces_rather_than_errors(client):
+    for size in [(1, 1), (15, 15), (3, 2000)]:
+        r = post_images(client, upload(encode(np.zeros(size + (3,), np.uint8), "PNG"), "tiny.png"))
+        assert r.status_code == 200 and r.json["images"][0]["faces"] == []
+
+
+def test_a_bad_file_in_a_batch_is_named(client, astronaut):
+    r = post_images(client, upload(encode(astronaut), "good.jpg"), upload(b"nope", "bad.jpg"))
+    assert r.status_code == 415 and r.json["error"]["message"].startswith("bad.jpg: ")
 
 
 def test_truncated_jpeg_is_corrupt(client, astronaut):
@@ -212,3 +223,8 @@ def test_concurrent_requests_get_their_own_results(client, astronaut, grace_hopp
                 assert f["box"] == w["box"]
                 assert f["emotion"]["probabilities"] == pytest.approx(w["emotion"]["probabilities"], abs=1e-3)
                 assert f["age"]["years"] == pytest.approx(w["age"]["years"], abs=0.2)
+
+
+def test_openapi_document_is_served(client):
+    r = client.get("/api/v1/openapi.yaml")
+    assert r.status_code == 200 and b"/api/v1/images" in r.data and b"openapi: 3" in r.data

@@ -5,7 +5,7 @@ import pytest
 
 from app import create_app
 from app.inference.service import InferenceService, ServiceSettings
-from conftest import TestConfig
+from helpers import TestConfig
 from models.checkpoint import CheckpointError
 
 

@@ -1,9 +1,12 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes, model summaries and the OpenAPI document."""
+from pathlib import Path
+
+from flask import Blueprint, send_from_directory
+
 from app import __version__
 from app.api import bp as api_bp
 from app.errors import error_response
 from app.inference import get_service
-from flask import Blueprint
 
 probes = Blueprint("probes", __name__)
 
@@ -27,3 +30,8 @@ def readyz():
 @api_bp.get("/models")
 def models():
     return {"models": get_service().describe_models(), "device": get_service().device_description}
+
+
+@api_bp.get("/openapi.yaml")
+def openapi_spec():
+    return send_from_directory(Path(__file__).parent, "openapi.yaml", mimetype="application/yaml")

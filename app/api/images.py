@@ -44,7 +44,9 @@ def analyze_images():
         try:
             decoded = decode_image(f.read(), current_app.config["MAX_IMAGE_PIXELS"])
         except ImageError as exc:
-            return error_response(exc.status, f"{name}: {exc.message}", exc.code)
+            # With several files the message says which one failed.
+            message = f"{name}: {exc.message}" if len(files) > 1 else exc.message
+            return error_response(exc.status, message, exc.code)
         decode_ms = (time.perf_counter() - t_read) * 1000
         try:
             analysis = service.analyze(decoded.pixels, detect=detect)

@@ -49,6 +49,15 @@ class Gender:
     label: str  # "female" | "male"
     probability: float  # confidence of ``label``
 
+    @classmethod
+    def from_p_female(cls, p_female: float) -> "Gender":
+        """The more likely label with its probability, from the probability of "female"."""
+        return cls("female", p_female) if p_female >= 0.5 else cls("male", 1.0 - p_female)
+
+    @property
+    def p_female(self) -> float:
+        return self.probability if self.label == "female" else 1.0 - self.probability
+
     def to_dict(self) -> dict:
         return {"label": self.label, "probability": _r(self.probability)}
 

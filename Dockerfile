@@ -1,0 +1,35 @@
+# CPU image:   docker build -t faceapp .                 && docker run -p 5000:5000 faceapp
+# CUDA image:  docker build -t faceapp:cuda --build-arg TORCH_VARIANT=cuda .
+#              docker run --gpus all -p 5000:5000 faceapp:cuda
+# (the CUDA variant installs PyPI's torch wheels, which bundle the CUDA runtime; the host needs only
+#  the NVIDIA driver and the container toolkit. The service then runs the heads in fp16 on cuda:0.)
+
+# --- front-end libraries from npm (no CDN at run time) -----------------------------------------
+FROM node:20-slim AS frontend
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+
+# --- application ----------------------------------------------------------------------------------
+FROM python:3.11-slim
+ARG TORCH_VARIANT=cpu
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY requirements.txt ./
+# The CPU variant takes torch's CPU-only wheels first (a few hundred MB instead of several GB);
+# requirements.txt's torch==2.14.1 is then already satisfied by 2.14.1+cpu.
+RUN if [ "$TORCH_VARIANT" = "cpu" ]; then \
+      pip install torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu; \
+    fi \
+ && pip install -r requirements.txt
+COPY --from=frontend /src/node_modules ./node_modules
+COPY app ./app
+COPY models ./models
+COPY templates ./templates
+COPY static ./static
+COPY wsgi.py ./
+RUN useradd --create-home faceapp && mkdir -p instance && chown faceapp instance
+USER faceapp
+EXPOSE 5000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:5000/readyz').status != 200)"
+CMD ["gunicorn", "-w", "1", "--threads", "32", "-b", "0.0.0.0:5000", "--timeout", "120", "wsgi:app"]

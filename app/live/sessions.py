@@ -1,0 +1,78 @@
+"""Per-client state of the live mode, keyed by Socket.IO session id.
+
+Each client gets its own tracker (ids and moving averages never leak between clients) and at most
+one frame in flight: a frame that arrives while the previous one is still being analysed is refused
+at once, never queued, so a client that floods the server cannot build a backlog.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from app.live.protocol import FrameError
+from app.tracking import FaceTracker
+
+
+@dataclass
+class LiveSession:
+    tracker: FaceTracker
+    in_flight: bool = False
+
+
+class LiveSessions:
+    """Thread-safe registry of the connected clients, with room for at most ``capacity`` of them.
+
+    Event handlers run on their own threads; the lock guards the dict and the in-flight flags. A
+    session's tracker needs no lock of its own: only the holder of its in-flight slot touches it.
+    """
+
+    def __init__(self, capacity: int, new_tracker: Callable[[], FaceTracker]):
+        self.capacity = capacity
+        self._new_tracker = new_tracker
+        self._sessions: dict[str, LiveSession] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def __contains__(self, sid: str) -> bool:
+        with self._lock:
+            return sid in self._sessions
+
+    def open(self, sid: str) -> bool:
+        """Starts a session; False (and nothing opened) when ``capacity`` clients are connected."""
+        with self._lock:
+            if len(self._sessions) >= self.capacity:
+                return False
+            self._sessions[sid] = LiveSession(tracker=self._new_tracker())
+            return True
+
+    def close(self, sid: str) -> None:
+        """Forgets the client. A frame still in flight finishes on the orphaned session, then it is freed."""
+        with self._lock:
+            self._sessions.pop(sid, None)
+
+    @contextmanager
+    def frame_slot(self, sid: str) -> Iterator[FaceTracker]:
+        """Holds the client's one in-flight slot while its frame is analysed; yields its tracker.
+
+        Raises:
+            FrameError: ``busy_dropped`` when the previous frame is still in flight,
+                ``no_session`` when the client is not connected (any more).
+        """
+        with self._lock:
+            session = self._sessions.get(sid)
+            if session is None:
+                raise FrameError("no_session", "this client is not connected to /live; reconnect")
+            if session.in_flight:
+                raise FrameError("busy_dropped", "dropped: the previous frame is still being analysed; "
+                                                 "send the next frame after its answer")
+            session.in_flight = True
+        try:
+            yield session.tracker
+        finally:
+            with self._lock:
+                session.in_flight = False

@@ -1,0 +1,218 @@
+"""The live page end to end: Chromium's fake camera plays a clip of the astronaut, the page streams it to
+/live, and the overlay shows her face boxed and labelled.
+
+Screenshots land in tests/browser/artifacts/ for a human to look at.
+"""
+from __future__ import annotations
+
+import io
+import re
+
+import cv2
+import numpy as np
+import pytest
+import socketio as socketio_client
+from PIL import Image
+
+from app import create_app
+from app.live.namespace import NAMESPACE
+from browser.conftest import DESKTOP_VIEWPORT, launch_chromium
+from helpers import TestConfig
+from helpers import ASTRONAUT_FACE, box_iou
+from serving import serve
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the `playwright` fixture skips these tests (or fails them under CI)
+    expect = None
+
+# The first frames pay for connecting and for warm caches on a small CPU-only machine.
+FIRST_FACE_TIMEOUT_MS = 20_000
+CLIP_FRAMES = 45  # 3 s at 15 fps; Chromium loops the clip
+TRACK_1_COLOR = [0xFA, 0xCC, 0x15]  # the first colour of the palette in static/js/faces.js
+
+
+def write_y4m(path, rgb: np.ndarray, frames: int, fps: int = 15) -> None:
+    """A still picture as an uncompressed YUV4MPEG2 clip, the format Chromium's fake camera plays."""
+    height, width = rgb.shape[:2]
+    i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)  # the Y plane, then U, then V: what a FRAME holds
+    with open(path, "wb") as clip:
+        clip.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            clip.write(b"FRAME\n")
+            clip.write(i420.tobytes())
+
+
+@pytest.fixture(scope="module")
+def astronaut_clip(tmp_path_factory, astronaut):
+    path = tmp_path_factory.mktemp("camera") / "astronaut.y4m"
+    write_y4m(path, astronaut, CLIP_FRAMES)
+    return path
+
+
+@pytest.fixture
+def browser_context(playwright, tmp_path_factory, astronaut_clip):
+    """Overrides conftest's: a browser whose camera is the astronaut clip, allowed without asking."""
+    context = launch_chromium(playwright, tmp_path_factory.mktemp("chromium-profile"), extra_args=[
+        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={astronaut_clip}",
+    ], viewport=DESKTOP_VIEWPORT, accept_downloads=True)
+    yield context
+    context.close()
+
+
+def open_live_page(page, base_url):
+    page.goto(f"{base_url}/live")
+    expect(page.get_by_role("heading", name="Live camera")).to_be_visible()
+
+
+def live_state(page) -> dict:
+    return page.evaluate("() => window.__liveState")
+
+
+def wait_for_faces(page, count: int, answered_after: int = 0):
+    page.wait_for_function(
+        "([count, after]) => window.__liveState.answered > after && window.__liveState.faces.length === count",
+        arg=[count, answered_after], timeout=FIRST_FACE_TIMEOUT_MS)
+
+
+def overlay_pixel(overlay, x: float, y: float) -> list[int]:
+    """RGB of the overlay canvas at CSS pixel (x, y) from its top-left corner."""
+    return overlay.evaluate("""(canvas, [x, y]) => {
+        const ratio = window.devicePixelRatio || 1;
+        const pixel = canvas.getContext('2d').getImageData(Math.round(x * ratio), Math.round(y * ratio), 1, 1).data;
+        return Array.from(pixel.slice(0, 3));
+    }""", [x, y])
+
+
+def test_page_loads_cleanly(page, page_log, live_server):
+    open_live_page(page, live_server)
+    page.wait_for_load_state("networkidle")
+    expect(page).to_have_title(re.compile("Live"))
+    expect(page.get_by_role("navigation", name="Main").get_by_role("link", name="Live")).to_have_attribute(
+        "aria-current", "page")
+    expect(page.get_by_role("button", name="Start")).to_be_enabled()
+    expect(page.get_by_role("button", name="Stop")).to_be_disabled()
+    expect(page.locator("#alpha-value")).to_have_text("α 0.30")  # LIVE_DEFAULT_ALPHA
+    assert live_state(page)["phase"] == "idle"
+    assert page_log.console_errors == [] and page_log.failed_responses == []
+
+
+def test_the_camera_face_is_boxed_labelled_and_followed(page, page_log, live_server, artifacts_dir):
+    open_live_page(page, live_server)
+    page.get_by_role("button", name="Start").click()
+    wait_for_faces(page, 1)
+    expect(page.locator("#connection")).to_have_text("Connected")
+
+    first = live_state(page)
+    (face,) = first["faces"]
+    assert first["frame"] == {"width": 512, "height": 512}  # the clip's size: under 640, sent as it is
+    assert box_iou(face["box"], ASTRONAUT_FACE) > 0.6, face["box"]
+    # More frames: the same track, answers in order, and the HUD has figures.
+    page.wait_for_function("n => window.__liveState.answered >= n", arg=first["answered"] + 4,
+                           timeout=FIRST_FACE_TIMEOUT_MS)
+    later = live_state(page)
+    assert [f["track_id"] for f in later["faces"]] == [face["track_id"]]
+    assert later["answeredSeq"] > first["answeredSeq"]
+    expect(page.locator("#hud-fps")).to_have_text(re.compile(r"^\d+\.\d$"))
+    expect(page.locator("#hud-latency")).to_have_text(re.compile(r"^\d+$"))
+    expect(page.locator("#hud-faces")).to_have_text("1")
+
+    # The overlay lies exactly on the video, and the face's tag is drawn just above its box.
+    overlay = page.locator("#overlay")
+    on_screen = overlay.bounding_box()
+    assert on_screen == pytest.approx(page.locator("#video").bounding_box())
+    scale = on_screen["width"] / 512
+    x1, y1 = later["faces"][0]["box"][:2]
+    assert overlay_pixel(overlay, x1 * scale + 3, y1 * scale - 10) == pytest.approx(TRACK_1_COLOR, abs=8)
+    page.screenshot(path=artifacts_dir / "live-astronaut.png", full_page=True)
+
+    page.get_by_label("Landmarks").check()
+    page.get_by_label("Emotion bars").check()
+    wait_for_faces(page, 1, live_state(page)["answered"])
+    page.locator("#stage").screenshot(path=artifacts_dir / "live-astronaut-extras.png")
+
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Snapshot").click()
+    download = download_info.value
+    assert re.fullmatch(r"faceapp-live-.+\.png", download.suggested_filename)
+    snapshot = Image.open(io.BytesIO(download.path().read_bytes()))
+    assert snapshot.format == "PNG" and snapshot.size == (512, 512)
+    snapshot.save(artifacts_dir / "live-snapshot.png")
+
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#connection")).to_have_text("Not connected")
+    assert live_state(page)["phase"] == "stopped"
+    assert page_log.console_errors == []
+
+
+@pytest.mark.parametrize("error_name, message", [
+    ("NotAllowedError", "Camera access was denied"),
+    ("NotFoundError", "No camera was found"),
+])
+def test_a_camera_problem_is_explained(page, live_server, artifacts_dir, error_name, message):
+    # Make the browser's camera fail the way a person's refusal or a missing camera does.
+    page.add_init_script(f"""
+        navigator.mediaDevices.getUserMedia = () =>
+            Promise.reject(new DOMException('test', '{error_name}'));
+    """)
+    open_live_page(page, live_server)
+    page.get_by_role("button", name="Start").click()
+    status = page.locator("#status")
+    expect(status).to_contain_text(message)
+    expect(status).to_have_attribute("data-kind", "error")
+    expect(page.get_by_role("button", name="Start")).to_be_enabled()
+    assert live_state(page)["connection"] == "offline"  # no server slot taken without a camera
+    page.screenshot(path=artifacts_dir / f"live-{error_name}.png")
+
+
+class OneClientConfig(TestConfig):
+    MAX_LIVE_CLIENTS = 1
+
+
+@pytest.fixture
+def one_client_server(service):
+    """(base URL, app) of the app with room for one live client, served in this process."""
+    app = create_app(OneClientConfig, service=service)
+    with serve(app) as url:
+        yield url, app
+
+
+def record_connection_badge(page):
+    """From now on, window.__badgeHistory lists every text the connection badge shows."""
+    page.evaluate("""() => {
+        const badge = document.getElementById('connection');
+        window.__badgeHistory = [badge.textContent];
+        new MutationObserver(() => window.__badgeHistory.push(badge.textContent))
+            .observe(badge, { childList: true, characterData: true, subtree: true });
+    }""")
+
+
+def test_a_busy_server_and_a_lost_connection_are_shown_and_recovered(page, one_client_server, artifacts_dir):
+    url, app = one_client_server
+    open_live_page(page, url)
+    record_connection_badge(page)
+
+    other = socketio_client.Client(reconnection=False)
+    other.connect(url, namespaces=[NAMESPACE], transports=["websocket"], wait_timeout=10)
+    try:  # the only place is taken: the page is refused, and says so
+        page.get_by_role("button", name="Start").click()
+        expect(page.locator("#connection")).to_have_text("Server busy")
+        expect(page.locator("#status")).to_have_text(
+            "The server is busy: it already serves its maximum of 1 live client. Trying again in 5 s.")
+        page.screenshot(path=artifacts_dir / "live-busy.png")
+    finally:
+        other.disconnect()
+    # It tries again by itself and gets the place that became free.
+    wait_for_faces(page, 1)
+    expect(page.locator("#status")).to_be_hidden()
+
+    # The server drops the connection: the page reconnects by itself and goes on.
+    server = app.extensions["socketio"].server
+    (sid,) = [sid for sid, _ in server.manager.get_participants(NAMESPACE, None)]
+    answered = live_state(page)["answered"]
+    server.disconnect(sid, namespace=NAMESPACE)
+    wait_for_faces(page, 1, answered_after=answered + 1)
+    history = page.evaluate("() => window.__badgeHistory")
+    assert history[:3] == ["Not connected", "Connecting…", "Server busy"], history
+    assert history[-3:] == ["Connected", "Reconnecting…", "Connected"], history

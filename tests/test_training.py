@@ -1,0 +1,309 @@
+"""training/: data loaders, splits, template fallback, augmentation, and one-epoch runs end to end.
+
+Everything runs on tiny synthetic data written into tmp_path, on the CPU, in seconds; nothing here
+needs ../shared.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.age_gender import GENDER_CLASSES, MAX_AGE
+from models.checkpoint import load_checkpoint
+from models.emotion import EMOTION_CLASSES
+from models.preprocess import DEFAULT_TEMPLATE, to_tensor
+from training import evaluate, train
+from training.augment import AugmentConfig, augment_batch
+from training.data import DataFormatError
+from training.data.fer2013 import FERPLUS_NAME, load_fer2013
+from training.data.utkface import load_utkface, make_split, parse_name, scan_folder
+from training.tasks import age_gender_loss, gaussian_age_targets, preprocess_for
+from training.template import MIN_DETECTIONS, measure_template
+
+FAST = ["--epochs", "1", "--batch-size", "16", "--threads", "1", "--device", "cpu"]
+
+
+# -- synthetic data sets ------------------------------------------------------------------------------
+def fer_rows(n: int = 42, seed: int = 0) -> list[tuple[int, str, str]]:
+    """FER-format rows: a class-dependent gradient plus noise, all three Usage values."""
+    rng = np.random.default_rng(seed)
+    usages = ["Training"] * (n - 12) + ["PublicTest"] * 6 + ["PrivateTest"] * 6
+    rows = []
+    for i, usage in enumerate(usages):
+        label = i % len(EMOTION_CLASSES)
+        img = np.clip(np.linspace(0, 30 * label, 48)[None, :] + rng.normal(100, 20, (48, 48)), 0, 255).astype(int)
+        rows.append((label, " ".join(map(str, img.ravel())), usage))
+    return rows
+
+
+def read_log(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_fer_csv(path, rows) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["emotion", "pixels", "Usage"])
+        w.writerows(rows)
+
+
+@pytest.fixture
+def fer_dir(tmp_path):
+    d = tmp_path / "fer2013"
+    d.mkdir()
+    write_fer_csv(d / "fer2013.csv", fer_rows())
+    return d
+
+
+def utk_name(age: int, gender: int, race: int, stamp: int) -> str:
+    return f"{age}_{gender}_{race}_2017011{stamp:010d}.jpg.chip.jpg"
+
+
+@pytest.fixture
+def utk_dir(tmp_path):
+    """30 labelled JPEGs + 1 malformed name + 1 identical copy (same labels) + 1 conflicting pair."""
+    d = tmp_path / "UTKFace"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+
+    def save(name: str, seed: int) -> None:
+        img = np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        Image.fromarray(img).save(d / name, quality=90)
+
+    for i in range(30):
+        save(utk_name(int(rng.integers(1, 90)), i % 2, i % 5, i), seed=i)
+    save("39_1_20170116174525125.jpg.chip.jpg", seed=100)  # missing the race field: malformed
+    first = sorted(d.iterdir())[0]
+    (d / utk_name(*map(int, first.name.split("_")[:3]), 999)).write_bytes(first.read_bytes())  # same labels
+    save(utk_name(30, 0, 1, 500), seed=200)
+    (d / utk_name(60, 1, 1, 501)).write_bytes((d / utk_name(30, 0, 1, 500)).read_bytes())  # labels disagree
+    return d
+
+
+# -- FER2013 ------------------------------------------------------------------------------------------
+def test_fer_loads_splits_and_caches(fer_dir, tmp_path):
+    data = load_fer2013(fer_dir, cache_dir=tmp_path / "cache")
+    assert data.images.shape == (42, 48, 48) and data.images.dtype == np.uint8
+    assert data.split_sizes() == {"Training": 30, "PublicTest": 6, "PrivateTest": 6}
+    assert data.votes is None
+    again = load_fer2013(fer_dir / "fer2013.csv", cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").glob("fer2013-*.npz"))
+    np.testing.assert_array_equal(again.images, data.images)
+    np.testing.assert_array_equal(again.usage, data.usage)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda r: (r[0], " ".join(r[1].split()[:-1]), r[2]), "expected 2304 pixel values, got 2303"),
+    (lambda r: (9, r[1], r[2]), "emotion 9 is outside"),
+    (lambda r: ("x", r[1], r[2]), "emotion 'x' is not an integer"),
+    (lambda r: (r[0], r[1].replace(" ", " abc ", 1), r[2]), "non-numeric"),
+    (lambda r: (r[0], r[1], "Validation"), "Usage 'Validation'"),
+])
+def test_fer_malformed_row_names_file_and_line(tmp_path, bad, message):
+    rows = fer_rows(10)
+    rows[3] = bad(rows[3])  # data row 4 = line 5 (line 1 is the header)
+    path = tmp_path / "fer2013.csv"
+    write_fer_csv(path, rows)
+    with pytest.raises(DataFormatError, match=rf"fer2013\.csv, line 5: .*{re.escape(message)}"):
+        load_fer2013(path, cache_dir=None)
+
+
+def test_ferplus_votes_reordered_to_fer_classes(fer_dir):
+    header = ["Usage", "Image name", "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
+              "contempt", "unknown", "NF"]
+    usage = [r[2] for r in fer_rows()]
+    with open(fer_dir / FERPLUS_NAME, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i, u in enumerate(usage):
+            w.writerow([u, f"fer{i:07d}.png", 1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    data = load_fer2013(fer_dir, ferplus=True, cache_dir=None)
+    # FER order angry, disgust, fear, happy, sad, surprise, neutral <- anger, disgust, fear, happiness, ...
+    np.testing.assert_array_equal(data.votes[0], [5, 6, 7, 2, 4, 3, 1])
+    assert data.votes.shape == (42, 7)
+
+
+# -- UTKFace ------------------------------------------------------------------------------------------
+def test_parse_name():
+    assert parse_name("25_1_2_20170116174525125.jpg.chip.jpg") == (25, 1, 2)
+    assert parse_name("24_0_1_20170116220224657 .jpg.chip.jpg") == (24, 0, 1)  # stray space: labels intact
+    assert parse_name("39_1_20170116174525125.jpg.chip.jpg") is None  # a field is missing
+    assert parse_name("55_0_0_20170116232725357jpg.chip.jpg") is None
+    assert parse_name("25_2_0_20170116174525125.jpg.chip.jpg") is None  # gender code out of range
+
+
+def test_utk_scan_skips_malformed_and_deduplicates(utk_dir):
+    with pytest.warns(UserWarning, match="malformed"):
+        scan = scan_folder(utk_dir)
+    assert scan.n_files == 34
+    assert scan.malformed == ["39_1_20170116174525125.jpg.chip.jpg"]
+    assert scan.n_duplicates_removed == 1  # identical copy with the same labels: one kept
+    assert scan.n_conflicting_dropped == 2  # identical copies with different labels: both dropped
+    assert len(scan.records) == 30 and len(set(scan.hashes)) == 30
+
+
+def test_utk_split_is_deterministic_and_order_free(utk_dir):
+    hashes = [f"{i:032x}" for i in np.random.default_rng(1).permutation(1000)]
+    a, b = make_split(hashes, seed=0), make_split(hashes, seed=0)
+    np.testing.assert_array_equal(a, b)
+    assert {s: int((a == s).sum()) for s in ("train", "val", "test")} == {"train": 800, "val": 100, "test": 100}
+    # The split of an image depends on its hash and the seed only, not on the input order.
+    rev = make_split(hashes[::-1], seed=0)[::-1]
+    np.testing.assert_array_equal(a, rev)
+    assert (make_split(hashes, seed=1) != a).any()
+    with pytest.raises(ValueError, match="deduplicate"):
+        make_split(hashes + hashes[:1])
+
+    cfg = preprocess_for("age_gender")
+    with pytest.warns(UserWarning, match="malformed"):
+        d1 = load_utkface(utk_dir, cfg, seed=0, cache_dir=None)
+    with pytest.warns(UserWarning, match="malformed"):
+        d2 = load_utkface(utk_dir, cfg, seed=0, cache_dir=None)
+    np.testing.assert_array_equal(d1.split, d2.split)
+    assert d1.images.shape == (30, 64, 64, 3) and d1.stats["kept"] == 30
+
+
+# -- template -----------------------------------------------------------------------------------------
+class FakeDetector:
+    """Returns the same landmarks (in pixels of the image it gets), or nothing."""
+
+    def __init__(self, landmarks01=None):
+        self.landmarks01 = None if landmarks01 is None else np.asarray(landmarks01, dtype=np.float32)
+
+    def detect_many(self, images):
+        from models.detector import Detection
+
+        if self.landmarks01 is None:
+            return [[] for _ in images]
+        out = []
+        for img in images:
+            h, w = img.shape[:2]
+            out.append([Detection(np.array([0, 0, w, h], np.float32), 0.99, self.landmarks01 * [w, h])])
+        return out
+
+
+def test_template_falls_back_to_default_when_too_few_faces():
+    images = np.zeros((50, 48, 48), np.uint8)
+    with pytest.warns(UserWarning, match="DEFAULT_TEMPLATE"):
+        r = measure_template(lambda i: images[i], np.arange(50), n_samples=30, upscale=3, detector=FakeDetector())
+    assert r.template == DEFAULT_TEMPLATE and not r.measured
+    assert (r.n_sampled, r.n_detected) == (30, 0)
+
+
+def test_template_is_median_in_crop_coordinates():
+    layout = [(0.3, 0.4), (0.7, 0.4), (0.5, 0.6), (0.35, 0.8), (0.65, 0.8)]
+    images = np.zeros((40, 48, 48), np.uint8)
+    r = measure_template(lambda i: images[i], np.arange(40), n_samples=MIN_DETECTIONS + 5, upscale=3,
+                         detector=FakeDetector(layout))
+    assert r.measured and r.detection_rate == 1.0
+    np.testing.assert_allclose(r.template, layout, atol=1e-4)
+
+
+# -- augmentation and losses --------------------------------------------------------------------------
+def test_augment_keeps_shape_and_range_and_is_seeded():
+    x = torch.rand(8, 3, 64, 64)
+    a = augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(0))
+    b = augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    torch.testing.assert_close(a, b)
+    still = AugmentConfig(flip=0, rotate_deg=0, scale=(1, 1), shift=0, brightness=0, contrast=0)
+    torch.testing.assert_close(augment_batch(x, still), x, atol=1e-5, rtol=0)
+
+
+def test_age_targets_and_loss():
+    t = gaussian_age_targets(torch.tensor([30.0, 100.0]), MAX_AGE + 1)
+    torch.testing.assert_close(t.sum(1), torch.ones(2))
+    assert t[0].argmax() == 30 and t[1].argmax() == 100
+    out = torch.zeros(2, MAX_AGE + 2, requires_grad=True)
+    loss = age_gender_loss(out, torch.tensor([[30.0, 1.0], [100.0, 0.0]]))
+    loss.backward()
+    assert torch.isfinite(loss) and out.grad.abs().sum() > 0
+
+
+# -- end to end ---------------------------------------------------------------------------------------
+def test_emotion_trains_one_epoch_and_loads(fer_dir, tmp_path):
+    out, work = tmp_path / "emotion.pt", tmp_path / "run"
+    argv = ["emotion", "--data", str(fer_dir), "--out", str(out), "--workdir", str(work),
+            "--cache-dir", str(tmp_path / "cache"), "--template-samples", "8", *FAST]
+    with pytest.warns(UserWarning, match="DEFAULT_TEMPLATE"):  # noise images hold no faces
+        assert train.main(argv) == out
+    loaded = load_checkpoint(out, "emotion")
+    card = loaded.card
+    assert (card.task, card.arch) == ("emotion", "emotion_cnn")
+    assert card.labels == {"emotion": list(EMOTION_CLASSES)}
+    assert (card.preprocess.input_size, card.preprocess.channels) == (48, "gray")
+    assert card.preprocess.template == DEFAULT_TEMPLATE
+    assert set(card.metrics) == {"PublicTest", "PrivateTest"}
+    assert 0 <= card.metrics["PrivateTest"]["accuracy"] <= 1 and "macro_f1" in card.metrics["PublicTest"]
+    t = card.training
+    assert t["config"]["epochs"] == 1 and t["train_rows"] == 30 and t["template"]["measured"] is False
+    assert t["data"]["split_sizes"] == {"Training": 30, "PublicTest": 6, "PrivateTest": 6}
+    assert {"wall_time_s", "torch", "device", "machine", "history"} <= set(t)
+    assert all(v.dtype == torch.float16 for v in torch.load(out, weights_only=True)["state_dict"].values()
+               if v.is_floating_point())
+    x = to_tensor(np.zeros((2, 48, 48, 1), np.uint8), card.preprocess)
+    with torch.no_grad():
+        assert loaded.model(x).shape == (2, len(EMOTION_CLASSES))
+    assert (work / "state.pt").is_file() and (work / "best.pt").is_file()
+    assert json.loads((work / "config.json").read_text())["task"] == "emotion"
+    log_rows = read_log(work / "log.csv")
+    assert len(log_rows) == 1 and {"train_loss", "val_metrics", "lr", "seconds"} <= set(log_rows[0])
+
+    # The evaluation CLI reproduces the card's test figure and writes its artefacts.
+    res = evaluate.main(["emotion", "--data", str(fer_dir), "--weights", str(out), "--tta", "--threads", "1",
+                         "--out", str(tmp_path / "eval"), "--cache-dir", str(tmp_path / "cache")])
+    assert res["plain"]["accuracy"] == pytest.approx(card.metrics["PrivateTest"]["accuracy"])
+    assert res["n"] == 6 and "tta" in res and len(res["plain"]["confusion_matrix"]) == len(EMOTION_CLASSES)
+    assert {p.name for p in (tmp_path / "eval").iterdir()} == {
+        "confusion_PrivateTest.png", "confusion_PrivateTest_tta.png", "results_PrivateTest.json"}
+
+
+def test_emotion_limit_and_resume_with_more_epochs(fer_dir, tmp_path):
+    out, work = tmp_path / "e.pt", tmp_path / "run"
+    base = ["emotion", "--data", str(fer_dir), "--out", str(out), "--workdir", str(work), "--cache-dir",
+            str(tmp_path / "cache"), "--template-samples", "0", "--limit", "20", "--threads", "1", "--batch-size", "8"]
+    train.main(base + ["--epochs", "1"])
+    train.main(base + ["--epochs", "2", "--resume"])
+    card = load_checkpoint(out, "emotion").card
+    assert card.training["train_rows"] == 20
+    assert [h["epoch"] for h in card.training["history"]] == [1, 2]
+    assert card.training["schedule_changes"] == [{"after_epoch": 1, "epochs_before": 1, "epochs_after": 2}]
+    assert len(read_log(work / "log.csv")) == 2
+
+
+def test_age_gender_trains_one_epoch_and_loads(utk_dir, tmp_path):
+    out = tmp_path / "age_gender.pt"
+    argv = ["age_gender", "--data", str(utk_dir), "--out", str(out), "--workdir", str(tmp_path / "run"),
+            "--cache-dir", str(tmp_path / "cache"), "--template-samples", "6", *FAST]
+    with pytest.warns(UserWarning) as record:
+        train.main(argv)
+    messages = " ".join(str(w.message) for w in record)
+    assert "malformed" in messages and "DEFAULT_TEMPLATE" in messages
+    loaded = load_checkpoint(out, "age_gender")
+    card = loaded.card
+    assert (card.task, card.arch) == ("age_gender", "age_gender_cnn")
+    assert card.arch_args == {"widths": [32, 64, 128, 256, 256], "depths": [1, 1, 1, 2, 1]}
+    assert card.labels == {"gender": list(GENDER_CLASSES), "max_age": MAX_AGE}
+    assert (card.preprocess.input_size, card.preprocess.channels) == (64, "rgb")
+    assert set(card.metrics) == {"val", "test"} and {"mae", "cs5", "gender_accuracy"} <= set(card.metrics["test"])
+    d = card.training["data"]
+    assert (d["malformed"], d["duplicates_removed"], d["conflicting_dropped"], d["kept"]) == (1, 1, 2, 30)
+    assert sum(d["split_sizes"].values()) == 30 and d["split_seed"] == 0
+    x = to_tensor(np.zeros((1, 64, 64, 3), np.uint8), card.preprocess)
+    with torch.no_grad():
+        assert loaded.model(x).shape == (1, MAX_AGE + 2)
+
+    with pytest.warns(UserWarning, match="malformed"):
+        res = evaluate.main(["age_gender", "--data", str(utk_dir), "--weights", str(out), "--threads", "1",
+                             "--out", str(tmp_path / "eval"), "--cache-dir", str(tmp_path / "cache")])
+    assert res["plain"]["mae"] == pytest.approx(card.metrics["test"]["mae"], rel=1e-3)  # same split rebuilt
+    assert set(res["plain"]["mae_by_race"]) == {"White", "Black", "Asian", "Indian", "Others"}
+    table = (tmp_path / "eval" / "fairness_test.md").read_text()
+    assert "| race: Asian |" in table and "| gender: female |" in table and "| age: 60+ |" in table

@@ -1,0 +1,102 @@
+"""Measure where the five MTCNN landmarks sit in a data set's face crops.
+
+Serving detects faces with MTCNN and warps each one so its landmarks land on ``PreprocessConfig.template``
+(``models.preprocess.align_face``). For that to reproduce the training framing, the template must be where
+the landmarks fall in the *training* crops, so we run the same detector on a seeded sample of training
+images, convert the landmarks to [0, 1] crop coordinates and take the per-point median (robust to the odd
+misdetection). With too few detections (e.g. synthetic test images) we fall back to
+``models.preprocess.DEFAULT_TEMPLATE`` and warn: the model still trains, only the serving framing is generic.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from models.preprocess import DEFAULT_TEMPLATE
+
+log = logging.getLogger(__name__)
+
+MIN_DETECTIONS = 20
+
+
+@dataclass(frozen=True)
+class TemplateResult:
+    template: tuple[tuple[float, float], ...]
+    n_sampled: int
+    n_detected: int
+    measured: bool  # False: fell back to DEFAULT_TEMPLATE
+    spread: tuple[tuple[float, float], ...] | None = None  # per-point median absolute deviation
+
+    @property
+    def detection_rate(self) -> float:
+        return self.n_detected / self.n_sampled if self.n_sampled else 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TemplateResult":
+        pairs = lambda a: tuple((float(x), float(y)) for x, y in a) if a else None  # noqa: E731
+        return cls(pairs(d["template"]), int(d["n_sampled"]), int(d["n_detected"]), bool(d["measured"]),
+                   pairs(d.get("spread")))
+
+    def to_dict(self) -> dict:
+        return {"template": [list(p) for p in self.template], "n_sampled": self.n_sampled,
+                "n_detected": self.n_detected, "detection_rate": round(self.detection_rate, 4),
+                "measured": self.measured, "spread": [list(p) for p in self.spread] if self.spread else None}
+
+
+def to_detector_rgb(image: np.ndarray, upscale: int = 1) -> np.ndarray:
+    """A data-set image (grey (H, W) / (H, W, 1) or RGB) -> RGB uint8, optionally upscaled.
+
+    FER's 48 px faces are too small for MTCNN's pyramid, hence the x3 upscale for that set.
+    """
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if upscale != 1:
+        image = cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image)
+
+
+def measure_template(load_image: Callable[[int], np.ndarray], candidates: Sequence[int], n_samples: int = 600,
+                     seed: int = 0, upscale: int = 1, detector=None, min_detections: int = MIN_DETECTIONS,
+                     batch_size: int = 32) -> TemplateResult:
+    """Median landmark layout over a seeded sample of images.
+
+    Args:
+        load_image: index -> data-set image (uint8), as the model's training crops are framed.
+        candidates: indices to sample from (the training split).
+        n_samples: how many to try; the sample is ``np.random.default_rng(seed).choice``.
+        upscale: integer factor applied before detection (3 for FER's 48 px images).
+        detector: a ``models.detector.FaceDetector``; built on the CPU when None.
+        min_detections: below this many detected faces the default template is returned, with a warning.
+    """
+    candidates = np.asarray(candidates)
+    n = min(n_samples, len(candidates))
+    sample = np.sort(np.random.default_rng(seed).choice(candidates, size=n, replace=False)) if n else candidates[:0]
+    if detector is None:
+        from models.detector import FaceDetector
+
+        detector = FaceDetector(device="cpu")
+    points: list[np.ndarray] = []
+    for start in range(0, n, batch_size):
+        images = [to_detector_rgb(load_image(int(i)), upscale) for i in sample[start:start + batch_size]]
+        for img, dets in zip(images, detector.detect_many(images)):
+            if dets:
+                h, w = img.shape[:2]
+                points.append(dets[0].landmarks / np.array([w, h], dtype=np.float32))  # best face only
+    if len(points) < min_detections:
+        warnings.warn(f"template: only {len(points)} of {n} sampled training images had a detected face "
+                      f"(need {min_detections}); using models.preprocess.DEFAULT_TEMPLATE", stacklevel=2)
+        return TemplateResult(DEFAULT_TEMPLATE, n, len(points), measured=False)
+    stack = np.stack(points)  # (M, 5, 2)
+    median = np.median(stack, axis=0)
+    mad = np.median(np.abs(stack - median), axis=0)
+    as_tuple = lambda a: tuple((round(float(x), 4), round(float(y), 4)) for x, y in a)  # noqa: E731
+    result = TemplateResult(as_tuple(median), n, len(points), measured=True, spread=as_tuple(mad))
+    log.info("template from %d/%d detections: %s", result.n_detected, n, result.template)
+    return result
