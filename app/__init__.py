@@ -37,7 +37,7 @@ def create_app(config_class: type = Config, service=None) -> Flask:
 
     socketio.init_app(app, async_mode="threading", max_http_buffer_size=app.config["MAX_CONTENT_LENGTH"])
 
-    from app import cli, errors, live
+    from app import cli, errors, live, video
     from app.api import bp as api_bp
     from app.api.health import probes
     from app.photo import bp as photo_bp
@@ -49,6 +49,7 @@ def create_app(config_class: type = Config, service=None) -> Flask:
     app.register_blueprint(api_bp, url_prefix="/api/v1")
     app.register_blueprint(probes)
     app.register_blueprint(vendor_bp)
+    video.init_app(app, socketio)  # after socketio.init_app, as live
     live.init_app(app, socketio)  # after socketio.init_app: it registers on this app's server
 
     @app.context_processor

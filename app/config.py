@@ -69,3 +69,12 @@ class Config:
 
     LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
     TESTING = False
+
+    # Video mode (/video page, /api/v1/videos): jobs live in UPLOAD_FOLDER/videos/<id>/
+    MAX_VIDEO_MB = _float("MAX_VIDEO_MB", 500.0)  # the video upload route's own request size limit
+    MAX_VIDEO_SECONDS = _float("MAX_VIDEO_SECONDS", 600.0)
+    MAX_VIDEO_SIDE = _int("MAX_VIDEO_SIDE", 4096)  # pixels, the longer side
+    VIDEO_MAX_QUEUE = _int("VIDEO_MAX_QUEUE", 8)  # jobs waiting; beyond it uploads get 503
+    VIDEO_WORKERS = _int("VIDEO_WORKERS", 1)  # jobs run at once (each already uses every core)
+    VIDEO_TTL_HOURS = _float("VIDEO_TTL_HOURS", 24.0)  # finished jobs and their files are removed after
+    VIDEO_DEFAULT_ALPHA = _float("VIDEO_DEFAULT_ALPHA", 0.3)

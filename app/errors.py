@@ -47,7 +47,9 @@ def init_app(app: Flask) -> None:
     def handle_http(exc: HTTPException):
         message = exc.description
         if exc.code == 413:
-            message = f"the upload is larger than the {app.config['MAX_UPLOAD_MB']:g} MB limit"
+            # The video routes set their own, larger, per-request limit (app/video).
+            limit_mb = app.config["MAX_VIDEO_MB" if request.blueprint == "video_api" else "MAX_UPLOAD_MB"]
+            message = f"the upload is larger than the {limit_mb:g} MB limit"
         if wants_json():
             return error_response(exc.code or 500, message)
         return render_template("error.html", status=exc.code, title=exc.name, message=message), exc.code

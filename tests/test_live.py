@@ -99,7 +99,8 @@ def test_namespace_is_registered_once_per_app(service):
     # Each app gets a fresh server with one /live handler; nothing piles up on the unbound SocketIO.
     assert socketio.namespace_handlers == []
     assert isinstance(live_namespace(app), LiveNamespace)
-    assert app.extensions["socketio"].server.namespace_handlers.keys() == {NAMESPACE}
+    # /videos is the video mode's progress namespace (app/video/events.py).
+    assert app.extensions["socketio"].server.namespace_handlers.keys() == {NAMESPACE, "/videos"}
 
 
 def test_frames_come_back_with_their_seq_and_a_track_that_persists(live, astronaut_jpeg):

@@ -1,0 +1,177 @@
+"""Video mode: the /video page, the /api/v1/videos endpoints, and the per-app job queue."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from flask import Blueprint, Flask, current_app, render_template, request, send_file, url_for
+from flask_socketio import SocketIO
+
+from app.errors import bad_request, error_response
+from app.video.events import EVENT, NAMESPACE, VideoNamespace
+from app.video.jobs import DONE, OUTPUTS, QUEUED, JobQueue, QueueFull, VideoJob, VideoOptions
+from app.video.probe import VideoError, probe
+from app.video.processing import process_video
+
+page_bp = Blueprint("video", __name__)
+api_bp = Blueprint("video_api", __name__)
+
+_SUFFIXES = {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".ogv"}
+_queue_lock = threading.Lock()
+
+
+def get_queue() -> JobQueue:
+    """This app's job queue, built on first use (so building an app starts no thread)."""
+    app = current_app._get_current_object()
+    with _queue_lock:
+        jobs = app.extensions.get("video_jobs")
+        if jobs is None:
+            service = app.extensions["inference"]
+            jobs = JobQueue(Path(app.config["UPLOAD_FOLDER"]) / "videos",
+                            runner=lambda job, cancelled, report: process_video(job, service, cancelled, report),
+                            max_queue=app.config["VIDEO_MAX_QUEUE"], workers=app.config["VIDEO_WORKERS"],
+                            ttl_hours=app.config["VIDEO_TTL_HOURS"],
+                            on_progress=_pusher(app.extensions.get("video_socketio_server")))
+            app.extensions["video_jobs"] = jobs
+    return jobs
+
+
+def _pusher(server):
+    """Progress callback: the job's status to its Socket.IO room (no-op without a server)."""
+    def push(job: VideoJob) -> None:
+        if server is not None:
+            server.emit(EVENT, job.to_dict(), to=job.id, namespace=NAMESPACE)
+    return push
+
+
+def status_body(job: VideoJob) -> dict:
+    """What GET /api/v1/videos/<id> answers (and ``watch`` acknowledges)."""
+    body = job.to_dict()
+    body["queue_position"] = get_queue().position(job.id) if job.status == QUEUED else None
+    body["urls"] = _urls(job.id)
+    return body
+
+
+@page_bp.get("/video")
+def page():
+    return render_template("video.html", default_alpha=current_app.config["VIDEO_DEFAULT_ALPHA"],
+                           max_video_mb=current_app.config["MAX_VIDEO_MB"],
+                           max_video_seconds=current_app.config["MAX_VIDEO_SECONDS"])
+
+
+@api_bp.before_request
+def allow_large_uploads():
+    # The app-wide MAX_CONTENT_LENGTH is sized for photos; only this blueprint takes videos.
+    request.max_content_length = int(current_app.config["MAX_VIDEO_MB"] * 1024 * 1024)
+
+
+def _urls(job_id: str) -> dict:
+    urls = {"status": url_for("video_api.status", job_id=job_id)}
+    for name in OUTPUTS:
+        urls[name.replace(".", "_")] = url_for("video_api.output", job_id=job_id, name=name)
+    return urls
+
+
+def _parse_options() -> VideoOptions | str:
+    """Form fields -> options, or the message of a 400."""
+    try:
+        stride = int(request.form.get("stride", "1"))
+        alpha = float(request.form.get("alpha", str(current_app.config["VIDEO_DEFAULT_ALPHA"])))
+    except ValueError:
+        return "'stride' must be an integer and 'alpha' a number"
+    if not 1 <= stride <= 30:
+        return "'stride' must be between 1 and 30"
+    if not 0.0 < alpha <= 1.0:
+        return "'alpha' must be in (0, 1]"
+    return VideoOptions(stride=stride, alpha=alpha)
+
+
+@api_bp.post("")
+def create():
+    upload = request.files.get("video")  # may raise 413, answered as JSON
+    if upload is None:
+        return bad_request("send the video as multipart/form-data in a field named 'video'", "missing_video")
+    options = _parse_options()
+    if isinstance(options, str):
+        return bad_request(options, "bad_option")
+    suffix = Path(upload.filename or "").suffix.lower()
+    jobs = get_queue()
+    job = jobs.new_job(upload.filename or "video", options, suffix if suffix in _SUFFIXES else ".bin")
+    try:
+        upload.save(job.input_path)
+        config = current_app.config
+        info = probe(job.input_path, config["MAX_VIDEO_SECONDS"], config["MAX_VIDEO_SIDE"])
+        job.frames_total = info.frames
+        job.save()
+        jobs.submit(job)
+    except VideoError as exc:
+        jobs.delete(job.id)
+        return error_response(exc.status, exc.message, exc.code)
+    except QueueFull:
+        jobs.delete(job.id)
+        return error_response(503, "too many videos are waiting; try again later", "busy", {"Retry-After": "30"})
+    except BaseException:
+        jobs.delete(job.id)  # e.g. a full disk: leave no half-made job behind
+        raise
+    body = {"id": job.id, "status": job.status, "urls": _urls(job.id)}
+    return body, 202, {"Location": body["urls"]["status"]}
+
+
+def _job_or_404(job_id: str) -> VideoJob | None:
+    return get_queue().get(job_id)
+
+
+@api_bp.get("/<job_id>")
+def status(job_id: str):
+    job = _job_or_404(job_id)
+    if job is None:
+        return error_response(404, "no such video job", "not_found")
+    return status_body(job)
+
+
+@api_bp.delete("/<job_id>")
+def delete(job_id: str):
+    if not get_queue().delete(job_id):
+        return error_response(404, "no such video job", "not_found")
+    return "", 204
+
+
+def _finished_file(job_id: str, path_in_job: str):
+    job = _job_or_404(job_id)
+    if job is None:
+        return None, error_response(404, "no such video job", "not_found")
+    if job.status != DONE:
+        return None, error_response(409, f"the job is {job.status}; its files exist once it is done", "not_ready")
+    path = job.path / path_in_job
+    if not path.is_file():
+        return None, error_response(404, "no such file", "not_found")
+    return path, None
+
+
+@api_bp.get("/<job_id>/<name>")
+def output(job_id: str, name: str):
+    if name not in OUTPUTS:
+        return error_response(404, "no such file", "not_found")
+    path, error = _finished_file(job_id, name)
+    if error is not None:
+        return error
+    mimetype = {"annotated.mp4": "video/mp4", "frames.jsonl": "application/jsonl", "frames.csv": "text/csv",
+                "summary.json": "application/json"}[name]
+    # conditional=True: Range requests, so players can seek in the mp4.
+    return send_file(path, mimetype=mimetype, conditional=True, max_age=0,
+                     as_attachment=request.args.get("download") == "1", download_name=name)
+
+
+@api_bp.get("/<job_id>/tracks/<int:track_id>.jpg")
+def thumbnail(job_id: str, track_id: int):
+    path, error = _finished_file(job_id, f"tracks/{track_id}.jpg")
+    return error if error is not None else send_file(path, mimetype="image/jpeg", max_age=0)
+
+
+def init_app(app: Flask, socketio: SocketIO) -> None:
+    """Adds the page, the API and the ``/videos`` namespace; call after ``socketio.init_app(app)``,
+    whose fresh server for this app is the one progress is pushed through (see app/live)."""
+    app.register_blueprint(page_bp)
+    app.register_blueprint(api_bp, url_prefix="/api/v1/videos")
+    app.extensions["video_socketio_server"] = socketio.server
+    socketio.on_namespace(VideoNamespace(NAMESPACE))

@@ -1,0 +1,270 @@
+"""Video jobs: their state on disk (``job.json``, so a job survives page reloads and restarts) and
+the bounded queue whose worker threads run them."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+FINISHED = (DONE, FAILED, CANCELLED)
+JOB_FILE = "job.json"
+# Files a finished job offers for download, by the name the API uses.
+OUTPUTS = ("annotated.mp4", "frames.jsonl", "frames.csv", "summary.json")
+
+
+class QueueFull(Exception):
+    """Every queue slot is taken; the caller answers 503."""
+
+
+class JobCancelled(Exception):
+    """Raised inside processing when the job was cancelled between chunks."""
+
+
+@dataclass
+class VideoOptions:
+    stride: int = 1  # analyse every ``stride``-th frame; frames between reuse the last analysis
+    alpha: float = 0.3  # weight of the newest frame in each track's moving average
+
+
+@dataclass
+class VideoJob:
+    id: str
+    folder: str
+    input_name: str = "input.mp4"
+    original_filename: str = ""
+    status: str = QUEUED
+    progress: float = 0.0
+    frames_done: int = 0
+    frames_total: int = 0
+    eta_s: float | None = None
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)  # e.g. "padded to even size"
+    options: VideoOptions = field(default_factory=VideoOptions)
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    started: float | None = None
+
+    @property
+    def path(self) -> Path:
+        return Path(self.folder)
+
+    @property
+    def input_path(self) -> Path:
+        return self.path / self.input_name
+
+    def output(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def save(self) -> None:
+        """Atomic write: a reader never sees half a file (write a temp file, then rename)."""
+        self.updated = time.time()
+        tmp = self.path / f"{JOB_FILE}.{threading.get_ident()}.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, self.path / JOB_FILE)
+
+    @classmethod
+    def load(cls, folder: Path) -> "VideoJob":
+        data = json.loads((Path(folder) / JOB_FILE).read_text())
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["options"] = VideoOptions(**data.get("options", {}))
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        """What the status endpoint reports (paths stay private)."""
+        return {
+            "id": self.id,
+            "status": self.status,
+            "progress": round(self.progress, 4),
+            "frames_done": self.frames_done,
+            "frames_total": self.frames_total,
+            "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
+            "error": self.error,
+            "notes": list(self.notes),
+            "options": asdict(self.options),
+            "filename": self.original_filename,
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+
+Runner = Callable[[VideoJob, Callable[[], bool], Callable[[VideoJob], None]], None]
+
+
+class JobQueue:
+    """Runs video jobs on ``workers`` threads, at most ``max_queue`` waiting.
+
+    Jobs live in ``root/<id>/``. Threads start lazily on the first submit, so building an app (as
+    every test does) starts none. ``runner(job, is_cancelled, report)`` does the work and calls
+    ``report(job)`` after each chunk; the queue saves the job and forwards it to ``on_progress``.
+    """
+
+    def __init__(self, root: str | Path, runner: Runner, max_queue: int = 8, workers: int = 1,
+                 ttl_hours: float = 24.0, on_progress: Callable[[VideoJob], None] | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.runner = runner
+        self.workers = max(1, int(workers))
+        self.ttl_s = float(ttl_hours) * 3600
+        self.on_progress = on_progress
+        self._queue: queue.Queue[str] = queue.Queue(maxsize=max(1, int(max_queue)))
+        self._waiting: list[str] = []  # ids in queue order, for "position in queue"
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._last_cleanup = 0.0
+        self.recover()
+
+    # -- startup -----------------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Jobs left queued or running by a previous process will never finish: say so on disk."""
+        for folder in self.root.iterdir():
+            if not (folder / JOB_FILE).is_file():
+                continue
+            try:
+                job = VideoJob.load(folder)
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("unreadable video job in %s: %s", folder, exc)
+                continue
+            if job.status in (QUEUED, RUNNING):
+                job.status, job.error, job.eta_s = FAILED, "server restarted", None
+                job.save()
+        self.cleanup()
+
+    # -- public API --------------------------------------------------------------------------------
+    def new_job(self, original_filename: str, options: VideoOptions, suffix: str = ".mp4") -> VideoJob:
+        """A fresh job folder (the caller saves the upload into ``job.input_path`` and submits)."""
+        job_id = uuid.uuid4().hex
+        folder = self.root / job_id
+        folder.mkdir(parents=True)
+        job = VideoJob(id=job_id, folder=str(folder), input_name=f"input{suffix}",
+                       original_filename=original_filename, options=options)
+        job.save()
+        return job
+
+    def submit(self, job: VideoJob) -> None:
+        """Queues a saved job; raises ``QueueFull`` (and leaves the job for the caller to delete)."""
+        self._start()
+        with self._lock:
+            try:
+                self._queue.put_nowait(job.id)
+            except queue.Full:
+                raise QueueFull() from None
+            self._waiting.append(job.id)
+
+    def get(self, job_id: str) -> VideoJob | None:
+        if not _valid_id(job_id) or not (self.root / job_id / JOB_FILE).is_file():
+            return None
+        try:
+            return VideoJob.load(self.root / job_id)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def position(self, job_id: str) -> int | None:
+        """1 for the next job to start; None when not waiting."""
+        with self._lock:
+            return self._waiting.index(job_id) + 1 if job_id in self._waiting else None
+
+    def delete(self, job_id: str) -> bool:
+        """Cancels the job (a running one stops at its next chunk) and removes its files."""
+        if not _valid_id(job_id) or not (self.root / job_id).is_dir():
+            return False
+        with self._lock:
+            self._cancelled.add(job_id)
+            if job_id in self._waiting:
+                self._waiting.remove(job_id)
+        shutil.rmtree(self.root / job_id, ignore_errors=True)
+        return True
+
+    def cleanup(self, now: float | None = None) -> int:
+        """Removes finished jobs older than the TTL; returns how many."""
+        now = time.time() if now is None else now
+        removed = 0
+        for folder in list(self.root.iterdir()):
+            job = self.get(folder.name)
+            if job is not None and job.finished and now - job.updated > self.ttl_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
+
+    # -- workers -----------------------------------------------------------------------------------
+    def _start(self) -> None:
+        with self._lock:
+            if self._threads:
+                return
+            for i in range(self.workers):
+                t = threading.Thread(target=self._work, name=f"video-worker-{i}", daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _work(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            with self._lock:
+                if job_id in self._waiting:
+                    self._waiting.remove(job_id)
+                skip = job_id in self._cancelled
+            if not skip:
+                self._run(job_id)
+            self._queue.task_done()
+            # Cleanup at most every 10 minutes, between jobs: cheap, and no extra thread.
+            if time.time() - self._last_cleanup > 600:
+                self._last_cleanup = time.time()
+                try:
+                    self.cleanup()
+                except OSError:
+                    log.exception("video job cleanup failed")
+
+    def _run(self, job_id: str) -> None:
+        job = self.get(job_id)
+        if job is None:
+            return
+        job.status, job.started = RUNNING, time.time()
+        self._report(job)
+        try:
+            self.runner(job, lambda: job_id in self._cancelled, self._report)
+            job.status, job.progress, job.eta_s = DONE, 1.0, 0.0
+        except JobCancelled:
+            job.status = CANCELLED
+        except Exception as exc:  # any failure ends the job with a reason, never a stuck "running"
+            log.warning("video job %s failed: %s", job_id, exc, exc_info=not isinstance(exc, ValueError))
+            job.status, job.error = FAILED, str(exc) or type(exc).__name__
+        finally:
+            if job.status == RUNNING:  # e.g. KeyboardInterrupt / SystemExit
+                job.status, job.error = FAILED, "interrupted"
+            if job.status != DONE:
+                job.eta_s = None
+            self._report(job)
+
+    def _report(self, job: VideoJob) -> None:
+        if job.id in self._cancelled or not job.path.is_dir():
+            return  # deleted: do not recreate its folder
+        try:
+            job.save()
+        except OSError:
+            return
+        if self.on_progress is not None:
+            try:
+                self.on_progress(job)
+            except Exception:  # a push failure must not fail the job
+                log.exception("video progress callback failed")
+
+
+def _valid_id(job_id: str) -> bool:
+    """Job ids are uuid4 hex: anything else could escape the jobs folder."""
+    return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)

@@ -1,0 +1,288 @@
+/**
+ * Video page: upload a video, follow its job by polling the status endpoint, then show the annotated
+ * video, one card per track (thumbnail, dominant emotion, age, gender, emotion timeline) and downloads.
+ * The job id is kept in the URL (#job=<id>) so a reload picks the job up again.
+ */
+
+const POLL_MS = 700;
+const EMOTION_COLORS = {
+  angry: '#e5484d', disgust: '#8e4ec6', fear: '#6e56cf', happy: '#30a46c',
+  neutral: '#8b8d98', sad: '#0090ff', surprise: '#f76b15', contempt: '#ad7f58',
+};
+const DOWNLOADS = [
+  ['annotated_mp4', 'Annotated video'], ['frames_jsonl', 'Frames (JSONL)'],
+  ['frames_csv', 'Frames (CSV)'], ['summary_json', 'Summary (JSON)'],
+];
+
+const uploader = document.getElementById('video-uploader');
+const ui = {
+  input: document.getElementById('video-input'),
+  dropzone: document.getElementById('dropzone'),
+  stride: document.getElementById('stride'),
+  alpha: document.getElementById('alpha'),
+  job: document.getElementById('job'),
+  progress: document.getElementById('job-progress'),
+  text: document.getElementById('job-text'),
+  cancel: document.getElementById('job-cancel'),
+  status: document.getElementById('status'),
+  results: document.getElementById('video-results'),
+  summary: document.getElementById('video-summary'),
+  downloads: document.getElementById('downloads'),
+  video: document.getElementById('annotated'),
+  tracks: document.getElementById('tracks'),
+};
+const maxBytes = Number(uploader.dataset.maxBytes);
+let currentJob = null;
+let pollTimer = null;
+
+/**
+ * Progress pushed over Socket.IO (namespace /videos) when the client library loaded; polling goes on
+ * regardless, only slower while pushes arrive, so a lost connection costs nothing but speed.
+ */
+const socket = window.io ? window.io('/videos') : null;
+if (socket) {
+  socket.on('progress', (job) => {
+    if (job.id !== currentJob) return;
+    renderJob(job);
+    if (job.status !== 'queued' && job.status !== 'running') {
+      clearTimeout(pollTimer);
+      poll();  // the full status (with the file URLs) ends the job on the page
+    }
+  });
+  socket.on('connect', () => { if (currentJob) socket.emit('watch', currentJob); });
+}
+const pollDelay = () => (socket?.connected ? POLL_MS * 4 : POLL_MS);
+
+function showStatus(message, kind = 'error') {
+  ui.status.hidden = !message;
+  ui.status.dataset.kind = kind;
+  ui.status.querySelector('.status__text').textContent = message || '';
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (body?.error?.message) return body.error.message;
+  } catch { /* not JSON */ }
+  return `The server answered ${response.status}.`;
+}
+
+function formatEta(seconds) {
+  if (seconds == null) return '';
+  if (seconds < 60) return `about ${Math.ceil(seconds)} s left`;
+  return `about ${Math.ceil(seconds / 60)} min left`;
+}
+
+/** Sends the file with XMLHttpRequest: fetch() cannot report upload progress. */
+function upload(file) {
+  const form = new FormData();
+  form.append('video', file);
+  form.append('stride', ui.stride.value || '1');
+  form.append('alpha', ui.alpha.value || '0.3');
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', uploader.dataset.endpoint);
+    xhr.upload.addEventListener('progress', (event) => {
+      if (event.lengthComputable) {
+        ui.progress.value = event.loaded / event.total;
+        ui.text.textContent = `Uploading… ${Math.round((100 * event.loaded) / event.total)} %`;
+      }
+    });
+    xhr.addEventListener('load', () => resolve(new Response(xhr.response, { status: xhr.status })));
+    xhr.addEventListener('error', () => reject(new Error('The upload failed: is the server reachable?')));
+    xhr.send(form);
+  });
+}
+
+async function start(file) {
+  if (!file) return;
+  if (file.size > maxBytes) {
+    showStatus(`This file is larger than the ${uploader.dataset.maxLabel} limit.`);
+    return;
+  }
+  resetResults();
+  showStatus('');
+  ui.job.hidden = false;
+  ui.cancel.hidden = true;
+  try {
+    const response = await upload(file);
+    if (response.status !== 202) {
+      ui.job.hidden = true;
+      showStatus(await errorMessage(response));
+      return;
+    }
+    const body = await response.json();
+    history.replaceState(null, '', `#job=${body.id}`);
+    follow(body.id);
+  } catch (error) {
+    ui.job.hidden = true;
+    showStatus(error.message);
+  }
+}
+
+function follow(jobId) {
+  currentJob = jobId;
+  if (socket?.connected) socket.emit('watch', jobId);
+  ui.job.hidden = false;
+  ui.cancel.hidden = false;
+  clearTimeout(pollTimer);
+  poll();
+}
+
+async function poll() {
+  const jobId = currentJob;
+  if (!jobId) return;
+  let job;
+  try {
+    const response = await fetch(`/api/v1/videos/${jobId}`, { cache: 'no-store' });
+    if (response.status === 404) {
+      ui.job.hidden = true;
+      showStatus('This video job no longer exists (finished jobs are removed after a while).');
+      history.replaceState(null, '', location.pathname);
+      return;
+    }
+    if (!response.ok) throw new Error(await errorMessage(response));
+    job = await response.json();
+  } catch (error) {
+    ui.text.textContent = `Could not reach the server (${error.message}); retrying…`;
+    pollTimer = setTimeout(poll, POLL_MS * 3);
+    return;
+  }
+  if (jobId !== currentJob) return;
+  renderJob(job);
+  const finished = job.status !== 'queued' && job.status !== 'running';
+  if (finished) currentJob = null;  // a push or timer arriving now finds nothing left to do
+  if (!finished) {
+    clearTimeout(pollTimer);
+    pollTimer = setTimeout(poll, pollDelay());
+  } else if (job.status === 'done') {
+    ui.cancel.hidden = true;
+    await showResults(job);
+  } else {
+    ui.cancel.hidden = true;
+    showStatus(job.status === 'failed' ? `The video could not be analysed: ${job.error}` : 'The job was cancelled.');
+  }
+}
+
+function renderJob(job) {
+  ui.progress.value = job.progress;
+  if (job.status === 'queued') {
+    ui.text.textContent = job.queue_position ? `Waiting in line (position ${job.queue_position})…` : 'Waiting…';
+  } else if (job.status === 'running') {
+    const frames = job.frames_total ? `frame ${job.frames_done} of ${job.frames_total}` : `frame ${job.frames_done}`;
+    ui.text.textContent = `Analysing ${frames} · ${formatEta(job.eta_s)}`;
+  } else if (job.status === 'done') {
+    ui.text.textContent = `Done: ${job.frames_total} frames analysed.`;
+  } else {
+    ui.text.textContent = job.status === 'failed' ? 'Failed.' : 'Cancelled.';
+  }
+}
+
+function resetResults() {
+  ui.results.hidden = true;
+  ui.tracks.replaceChildren();
+  ui.downloads.replaceChildren();
+  ui.video.removeAttribute('src');
+  ui.video.load();
+}
+
+async function showResults(job) {
+  const response = await fetch(job.urls.summary_json, { cache: 'no-store' });
+  if (!response.ok) {
+    showStatus(await errorMessage(response));
+    return;
+  }
+  const summary = await response.json();
+  ui.video.src = job.urls.annotated_mp4;
+  for (const [key, label] of DOWNLOADS) {
+    const link = document.createElement('a');
+    link.className = 'button';
+    link.href = `${job.urls[key]}?download=1`;
+    link.textContent = label;
+    ui.downloads.append(link);
+  }
+  const n = summary.tracks.length;
+  ui.summary.textContent = `${summary.frames} frames, ${n} ${n === 1 ? 'face' : 'faces'} followed`
+    + (summary.notes.length ? ` · ${summary.notes.join('; ')}` : '');
+  ui.results.hidden = false;
+  for (const track of summary.tracks) ui.tracks.append(trackCard(job.id, track, summary.fps));
+}
+
+function trackCard(jobId, track, fps) {
+  const card = document.createElement('article');
+  card.className = 'track-card';
+  card.dataset.trackId = track.track_id;
+  const head = document.createElement('div');
+  head.className = 'track-card__head';
+  const thumb = document.createElement('img');
+  thumb.className = 'track-card__thumb';
+  thumb.src = `/api/v1/videos/${jobId}/tracks/${track.track_id}.jpg`;
+  thumb.alt = `Face #${track.track_id}`;
+  const text = document.createElement('div');
+  const title = document.createElement('h3');
+  title.textContent = `Face #${track.track_id} · ${track.emotion.dominant}`;
+  const facts = document.createElement('p');
+  facts.className = 'track-card__facts';
+  const seconds = (frame) => (frame / fps).toFixed(1);
+  facts.textContent = `Age ${track.age.mean} ± ${track.age.std} · ${track.gender.label} `
+    + `(${Math.round(track.gender.probability * 100)} %) · ${seconds(track.first_frame)}–${seconds(track.last_frame)} s`;
+  text.append(title, facts);
+  head.append(thumb, text);
+  const chartBox = document.createElement('div');
+  chartBox.className = 'track-card__chart';
+  const canvas = document.createElement('canvas');
+  canvas.setAttribute('aria-label', `Emotion timeline of face #${track.track_id}`);
+  chartBox.append(canvas);
+  card.append(head, chartBox);
+  requestAnimationFrame(() => timelineChart(canvas, track));
+  return card;
+}
+
+function timelineChart(canvas, track) {
+  if (!window.Chart || !track.timeline.length) return;
+  const names = Object.keys(track.timeline[0].probabilities);
+  new window.Chart(canvas, {
+    type: 'line',
+    data: {
+      labels: track.timeline.map((point) => point.time_s.toFixed(1)),
+      datasets: names.map((name) => ({
+        label: name,
+        data: track.timeline.map((point) => point.probabilities[name]),
+        borderColor: EMOTION_COLORS[name] || '#888',
+        backgroundColor: EMOTION_COLORS[name] || '#888',
+        pointRadius: 0,
+        borderWidth: 2,
+        tension: 0.25,
+      })),
+    },
+    options: {
+      animation: false,
+      maintainAspectRatio: false,
+      scales: { y: { min: 0, max: 1, title: { display: true, text: 'probability' } },
+                x: { title: { display: true, text: 'time (s)' } } },
+      plugins: { legend: { labels: { boxWidth: 10 } } },
+    },
+  });
+}
+
+ui.input.addEventListener('change', () => start(ui.input.files[0]));
+ui.dropzone.addEventListener('dragover', (event) => { event.preventDefault(); ui.dropzone.classList.add('is-dragover'); });
+ui.dropzone.addEventListener('dragleave', () => ui.dropzone.classList.remove('is-dragover'));
+ui.dropzone.addEventListener('drop', (event) => {
+  event.preventDefault();
+  ui.dropzone.classList.remove('is-dragover');
+  start(event.dataTransfer.files[0]);
+});
+ui.cancel.addEventListener('click', async () => {
+  if (!currentJob) return;
+  const jobId = currentJob;
+  currentJob = null;
+  clearTimeout(pollTimer);
+  await fetch(`/api/v1/videos/${jobId}`, { method: 'DELETE' });
+  ui.job.hidden = true;
+  history.replaceState(null, '', location.pathname);
+  showStatus('The job was cancelled.', 'success');
+});
+
+const resumed = /^#job=([0-9a-f]{32})$/.exec(location.hash);
+if (resumed) follow(resumed[1]);

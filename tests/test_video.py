@@ -1,0 +1,319 @@
+"""Video mode: upload -> job -> annotated H.264 + JSONL/CSV/summary, validation, deletion, restarts."""
+from __future__ import annotations
+
+import io
+import json
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from app import create_app
+from app.video.jobs import FAILED, RUNNING, JobQueue, VideoJob
+from helpers import TestConfig
+from video_clips import decode_all, moving_face_frames, write_clip
+
+JOB_TIMEOUT_S = 120
+
+
+@pytest.fixture
+def video_config(tmp_path):
+    class VideoConfig(TestConfig):
+        UPLOAD_FOLDER = str(tmp_path / "uploads")
+
+    return VideoConfig
+
+
+@pytest.fixture
+def video_client(service, video_config):
+    return create_app(video_config, service=service).test_client()
+
+
+@pytest.fixture(scope="module")
+def clip(astronaut, tmp_path_factory) -> Path:
+    """24 frames, 320x240, 12 fps: one face moving left to right."""
+    return write_clip(tmp_path_factory.mktemp("clips") / "face.mp4", moving_face_frames(astronaut))
+
+
+@pytest.fixture(scope="module")
+def done_job(service, astronaut, tmp_path_factory, clip):
+    """One clip processed to the end, shared by the tests that read its outputs."""
+    class Config(TestConfig):
+        UPLOAD_FOLDER = str(tmp_path_factory.mktemp("uploads"))
+
+    client = create_app(Config, service=service).test_client()
+    response = post_video(client, clip.read_bytes(), "face.mp4")
+    assert response.status_code == 202, response.get_json()
+    body = response.get_json()
+    status = wait_done(client, body["id"])
+    return client, body, status
+
+
+def post_video(client, data: bytes, name: str, **form):
+    return client.post("/api/v1/videos", data={"video": (io.BytesIO(data), name), **form},
+                       content_type="multipart/form-data")
+
+
+def wait_done(client, job_id: str) -> dict:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = client.get(f"/api/v1/videos/{job_id}").get_json()
+        if status["status"] in ("done", "failed", "cancelled"):
+            return status
+        time.sleep(0.1)
+    pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT_S} s")
+
+
+def read_jsonl(client, job_id: str) -> list[dict]:
+    response = client.get(f"/api/v1/videos/{job_id}/frames.jsonl")
+    assert response.status_code == 200
+    return [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
+
+
+def test_upload_processes_to_an_annotated_h264_of_the_same_shape(done_job, tmp_path):
+    client, body, status = done_job
+    assert body["status"] == "queued" and set(body["urls"]) >= {"status", "annotated_mp4", "frames_jsonl"}
+    assert status["status"] == "done", status
+    assert status["progress"] == 1.0 and status["frames_done"] == status["frames_total"] == 24
+
+    response = client.get(body["urls"]["annotated_mp4"])
+    assert response.status_code == 200 and response.mimetype == "video/mp4"
+    out = tmp_path / "annotated.mp4"
+    out.write_bytes(response.data)
+    codec, frames = decode_all(out)
+    assert codec == "h264"
+    assert len(frames) == 24 and frames[0].shape == (240, 320, 3)
+
+
+def test_annotated_video_supports_range_requests(done_job):
+    client, body, _ = done_job
+    response = client.get(body["urls"]["annotated_mp4"], headers={"Range": "bytes=0-99"})
+    assert response.status_code == 206 and len(response.data) == 100
+
+
+def test_one_track_persists_and_smoothing_steadies_age(done_job):
+    client, body, _ = done_job
+    frames = read_jsonl(client, body["id"])
+    assert [f["frame"] for f in frames] == list(range(24))
+    track_ids = {face["track_id"] for f in frames for face in f["faces"]}
+    assert track_ids == {1}, track_ids
+    with_face = [f for f in frames if f["faces"]]
+    assert len(with_face) >= 20
+    face = with_face[0]["faces"][0]
+    assert set(face["raw"]) == {"emotion", "age", "gender"} and "probabilities" in face["raw"]["emotion"]
+
+    smoothed = np.array([f["faces"][0]["age"]["years"] for f in with_face])
+    raw = np.array([f["faces"][0]["raw"]["age"]["years"] for f in with_face])
+    assert np.var(np.diff(smoothed)) < np.var(np.diff(raw))
+
+
+def test_csv_summary_and_thumbnail(done_job):
+    client, body, _ = done_job
+    csv_text = client.get(body["urls"]["frames_csv"]).get_data(as_text=True).splitlines()
+    assert csv_text[0].startswith("frame,time_s,analysed,track_id") and len(csv_text) >= 21
+    summary = client.get(body["urls"]["summary_json"]).get_json()
+    assert summary["frames"] == 24 and len(summary["tracks"]) == 1
+    track = summary["tracks"][0]
+    assert track["track_id"] == 1 and track["first_frame"] <= 2 and track["last_frame"] >= 21
+    assert track["emotion"]["dominant"] in track["emotion"]["mean_probabilities"]
+    assert 0 < track["age"]["mean"] < 100 and track["age"]["std"] >= 0
+    assert track["gender"]["label"] in ("female", "male")
+    assert 0 < len(track["timeline"]) <= 200
+    thumb = client.get(f"/api/v1/videos/{body['id']}/tracks/1.jpg")
+    assert thumb.status_code == 200 and thumb.data[:3] == b"\xff\xd8\xff"
+
+
+def test_odd_sizes_are_padded_and_said_so(video_client, astronaut, tmp_path):
+    # H.264 in 4:2:0 cannot hold 161x121: the input is lossless FFV1 in Matroska, which can.
+    frames = [f[:121, :161] for f in moving_face_frames(astronaut, frames=4)]
+    path = tmp_path / "odd.mkv"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("ffv1", rate=Fraction(12))
+        stream.width, stream.height, stream.pix_fmt = 161, 121, "yuv420p"
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    job_id = post_video(video_client, path.read_bytes(), "odd.mkv").get_json()["id"]
+    status = wait_done(video_client, job_id)
+    assert status["status"] == "done", status
+    assert any("161x121 to 162x122" in note for note in status["notes"])
+    out = tmp_path / "out.mp4"
+    out.write_bytes(video_client.get(f"/api/v1/videos/{job_id}/annotated.mp4").data)
+    codec, decoded = decode_all(out)
+    assert codec == "h264" and len(decoded) == 4 and decoded[0].shape == (122, 162, 3)
+
+
+def test_outputs_are_409_until_done_and_404_for_unknown(video_client, clip):
+    assert video_client.get("/api/v1/videos/" + "0" * 32).status_code == 404
+    assert video_client.get("/api/v1/videos/not-an-id").status_code == 404
+    job_id = post_video(video_client, clip.read_bytes(), "face.mp4").get_json()["id"]
+    # Straight after the upload the job is queued or running: its files are not there yet.
+    early = video_client.get(f"/api/v1/videos/{job_id}/summary.json")
+    if early.status_code != 200:
+        assert early.status_code == 409 and early.get_json()["error"]["code"] == "not_ready"
+    wait_done(video_client, job_id)
+
+
+def test_delete_cancels_and_removes_files(video_client, video_config, clip):
+    job_id = post_video(video_client, clip.read_bytes(), "face.mp4").get_json()["id"]
+    folder = Path(video_config.UPLOAD_FOLDER) / "videos" / job_id
+    assert folder.is_dir()
+    assert video_client.delete(f"/api/v1/videos/{job_id}").status_code == 204
+    assert not folder.exists()
+    assert video_client.get(f"/api/v1/videos/{job_id}").status_code == 404
+    assert video_client.delete(f"/api/v1/videos/{job_id}").status_code == 404
+    time.sleep(0.5)  # a running job stops at its next chunk and must not recreate the folder
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("data, name, status, code", [
+    (b"just some text\n" * 10, "notes.txt", 415, "unsupported_media_type"),
+    (b"", "empty.mp4", 400, "empty_file"),
+])
+def test_bad_files_are_rejected(video_client, data, name, status, code):
+    response = post_video(video_client, data, name)
+    assert response.status_code == status
+    assert response.get_json()["error"]["code"] == code
+
+
+def test_truncated_mp4_is_rejected(video_client, astronaut, tmp_path):
+    # Without faststart the index sits at the end: cut it off and the file cannot be opened.
+    path = write_clip(tmp_path / "slow.mp4", moving_face_frames(astronaut, frames=12), faststart=False)
+    data = path.read_bytes()
+    response = post_video(video_client, data[: len(data) // 2], "cut.mp4")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "corrupt_video"
+
+
+def test_truncated_mid_file_fails_the_job_with_a_reason(video_client, astronaut, tmp_path):
+    # With faststart the index comes first: the file opens, and breaks only where the data stops.
+    path = write_clip(tmp_path / "fast.mp4", moving_face_frames(astronaut, frames=48))
+    data = path.read_bytes()
+    response = post_video(video_client, data[: len(data) * 2 // 3], "cut.mp4")
+    assert response.status_code == 202
+    status = wait_done(video_client, response.get_json()["id"])
+    assert status["status"] == "failed" and "could not be decoded after frame" in status["error"]
+    assert status["eta_s"] is None
+
+
+def test_missing_field_and_bad_options(video_client, clip):
+    response = video_client.post("/api/v1/videos", data={}, content_type="multipart/form-data")
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "missing_video"
+    response = post_video(video_client, clip.read_bytes(), "face.mp4", alpha="2")
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "bad_option"
+
+
+def test_limits_on_size_duration_and_resolution(service, tmp_path, clip):
+    class Small(TestConfig):
+        UPLOAD_FOLDER = str(tmp_path / "uploads")
+        MAX_VIDEO_MB = 0.001
+        MAX_UPLOAD_MB = 0.0001  # the video route must use its own limit, not this one
+
+    response = post_video(create_app(Small, service=service).test_client(), clip.read_bytes(), "face.mp4")
+    assert response.status_code == 413
+    assert "0.001 MB" in response.get_json()["error"]["message"]
+
+    class Short(TestConfig):
+        UPLOAD_FOLDER = str(tmp_path / "uploads")
+        MAX_VIDEO_SECONDS = 1.0
+
+    response = post_video(create_app(Short, service=service).test_client(), clip.read_bytes(), "face.mp4")
+    assert response.status_code == 422 and response.get_json()["error"]["code"] == "video_too_long"
+
+    class Narrow(TestConfig):
+        UPLOAD_FOLDER = str(tmp_path / "uploads")
+        MAX_VIDEO_SIDE = 300
+
+    response = post_video(create_app(Narrow, service=service).test_client(), clip.read_bytes(), "face.mp4")
+    assert response.status_code == 422 and response.get_json()["error"]["code"] == "resolution_too_large"
+
+
+def test_photo_uploads_keep_their_own_limit(service, tmp_path, clip):
+    class Small(TestConfig):
+        UPLOAD_FOLDER = str(tmp_path / "uploads")
+        MAX_UPLOAD_MB = 0.001
+        MAX_CONTENT_LENGTH = 1024
+
+    client = create_app(Small, service=service).test_client()
+    response = client.post("/api/v1/images", data={"image": (io.BytesIO(b"x" * 4096), "a.jpg")},
+                           content_type="multipart/form-data")
+    assert response.status_code == 413
+
+
+def test_restart_marks_unfinished_jobs_failed(tmp_path):
+    root = tmp_path / "videos"
+    job = VideoJob(id="a" * 32, folder=str(root / ("a" * 32)), status=RUNNING)
+    job.path.mkdir(parents=True)
+    job.save()
+
+    JobQueue(root, runner=lambda *args: None)
+    reloaded = VideoJob.load(job.path)
+    assert reloaded.status == FAILED and reloaded.error == "server restarted"
+
+
+def test_failures_during_processing_end_the_job_with_a_reason(tmp_path):
+    def broken(job, cancelled, report):
+        raise ValueError("the video could not be decoded after frame 7")
+
+    jobs = JobQueue(tmp_path / "videos", runner=broken)
+    job = jobs.new_job("x.mp4", jobs_options())
+    jobs.submit(job)
+    deadline = time.monotonic() + 10
+    while jobs.get(job.id).status not in ("failed", "done") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    failed = jobs.get(job.id)
+    assert failed.status == FAILED and "frame 7" in failed.error
+
+
+def test_full_queue_answers_503(service, video_config, clip, tmp_path):
+    class Tiny(TestConfig):
+        UPLOAD_FOLDER = str(tmp_path / "uploads")
+        VIDEO_MAX_QUEUE = 1
+
+    client = create_app(Tiny, service=service).test_client()
+    codes = [post_video(client, clip.read_bytes(), "face.mp4").status_code for _ in range(3)]
+    # The worker takes the first at once; the second waits; the third finds the queue full.
+    assert 503 in codes and codes[0] == 202, codes
+    for job_id in [p.name for p in (tmp_path / "uploads" / "videos").iterdir()]:
+        client.delete(f"/api/v1/videos/{job_id}")  # stop the work the test no longer needs
+
+
+def test_ttl_cleanup_removes_old_finished_jobs(tmp_path):
+    jobs = JobQueue(tmp_path / "videos", runner=lambda *args: None, ttl_hours=1)
+    job = jobs.new_job("x.mp4", jobs_options())
+    job.status = "done"
+    job.save()
+    assert jobs.cleanup(now=time.time() + 600) == 0
+    assert jobs.cleanup(now=time.time() + 7200) == 1
+    assert not job.path.exists()
+
+
+def jobs_options():
+    from app.video.jobs import VideoOptions
+
+    return VideoOptions()
+
+
+def test_progress_is_pushed_to_watchers(service, video_config, clip):
+    from app import socketio
+    from app.video.events import NAMESPACE
+
+    app = create_app(video_config, service=service)
+    sio = socketio.test_client(app, namespace=NAMESPACE)
+    assert sio.emit("watch", "0" * 32, callback=True, namespace=NAMESPACE)["error"]["code"] == "not_found"
+    client = app.test_client()
+    job_id = post_video(client, clip.read_bytes(), "face.mp4").get_json()["id"]
+    ack = sio.emit("watch", job_id, callback=True, namespace=NAMESPACE)
+    assert ack["id"] == job_id and ack["status"] in ("queued", "running", "done")
+    wait_done(client, job_id)
+    time.sleep(0.2)
+    events = [e for e in sio.get_received(NAMESPACE) if e["name"] == "progress"]
+    if ack["status"] != "done":  # watched in time to hear about it
+        assert events and events[-1]["args"][0]["status"] == "done"
+        assert all(e["args"][0]["id"] == job_id for e in events)
+    sio.disconnect(namespace=NAMESPACE)
