@@ -12,6 +12,16 @@ from werkzeug.http import HTTP_STATUS_CODES
 log = logging.getLogger(__name__)
 
 
+class InputError(ValueError):
+    """Bad input from a client; ``status`` is the HTTP status it deserves, ``code`` the API error code."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
 def _default_code(status: int) -> str:
     return re.sub(r"[^a-z0-9]+", "_", HTTP_STATUS_CODES.get(status, "error").lower()).strip("_")
 

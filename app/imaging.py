@@ -8,19 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from app.errors import InputError
+
 # Formats we accept, recognised by their first bytes (never by file name or client-sent type).
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-class ImageError(ValueError):
-    """An upload that cannot become a picture; ``status`` is the HTTP status it deserves."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class ImageError(InputError):
+    """An upload that cannot become a picture."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import av
 
+from app.errors import InputError
+
 # Containers we recognise by their first bytes: a file that starts like one of them but does not
 # open is a corrupt video (400), anything else is not a video at all (415).
 _VIDEO_MAGIC = (
@@ -18,14 +20,8 @@ _VIDEO_MAGIC = (
 )
 
 
-class VideoError(ValueError):
-    """An upload that cannot become a video job; ``status`` is the HTTP status it deserves."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class VideoError(InputError):
+    """An upload that cannot become a video job."""
 
 
 @dataclass(frozen=True)
