@@ -42,7 +42,8 @@ import numpy as np
 import socketio
 from PIL import Image
 
-from bench.photo_latency import machine, one_face_640x480, percentile
+from bench.common import machine, percentile, write_results
+from bench.photo_latency import one_face_640x480
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "/live"
@@ -302,9 +303,7 @@ def main(argv=None) -> dict:
             frames = jittered_still_face(args.smoothing_frames)
             results["smoothing"] = smoothing(base_url, frames, Config.LIVE_DEFAULT_ALPHA)
     report(results)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+    write_results(results, args.out)
     return results
 
 

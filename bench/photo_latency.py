@@ -14,33 +14,16 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import platform
 import statistics
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+from bench.common import machine, percentile, write_results
 
 
 def one_face_640x480() -> bytes:
@@ -166,9 +149,7 @@ def main(argv=None) -> dict:
     t = results["throughput"]
     print(f"throughput one-face 640x480: {t['concurrent_rps']:.2f} req/s with {t['clients']} clients vs "
           f"{t['sequential_rps']:.2f} req/s one at a time ({t['ratio']:.2f}x)")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+    write_results(results, args.out)
     return results
 
 

@@ -16,13 +16,14 @@ The machine is printed with the numbers; compare ratios, not absolute values, ac
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.common import write_results
 
 
 def make_clip(path: Path, frames: int, width: int, height: int) -> Path:
@@ -124,7 +125,7 @@ def main(argv=None) -> dict:
     os.environ.setdefault("FACEAPP_DEVICE", "cpu")
     from app.config import Config
     from app.inference.service import InferenceService
-    from bench.photo_latency import machine
+    from bench.common import machine
 
     service = InferenceService.from_config(Config)
     results: dict = {"machine": machine(), "device": service.device_description, "clip": args.size,
@@ -147,9 +148,7 @@ def main(argv=None) -> dict:
 def finish(service, results: dict, out: Path | None) -> dict:
     service.close()
     print(f"machine: {results['machine']} | device: {results['device']}")
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2))
+    write_results(results, out)
     return results
 
 

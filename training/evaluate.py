@@ -25,7 +25,6 @@ from models.checkpoint import load_checkpoint
 from models.emotion import EMOTION_CLASSES
 from models.preprocess import PreprocessConfig, resize_face
 from training.engine import predict, resolve_device
-from training.metrics import AGE_BANDS
 from training.tasks import TASKS, load_task_data, split_metrics
 from training.train import plain
 
