@@ -78,3 +78,6 @@ class Config:
     VIDEO_WORKERS = _int("VIDEO_WORKERS", 1)  # jobs run at once (each already uses every core)
     VIDEO_TTL_HOURS = _float("VIDEO_TTL_HOURS", 24.0)  # finished jobs and their files are removed after
     VIDEO_DEFAULT_ALPHA = _float("VIDEO_DEFAULT_ALPHA", 0.3)
+    # Full face search every n-th analysed frame, faces followed by MTCNN's O-net in between
+    # (app/inference/keyframes.py); 1 searches every frame.
+    VIDEO_SEARCH_EVERY = _int("VIDEO_SEARCH_EVERY", 5)

@@ -23,20 +23,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import socketio
@@ -44,55 +36,9 @@ from PIL import Image
 
 from bench.common import machine, percentile, write_results
 from bench.photo_latency import one_face_640x480
+from tests.serving import gunicorn
 
-ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "/live"
-SERVER_START_TIMEOUT_S = 180
-
-
-# ---------- The server ----------
-
-def free_port() -> int:
-    import socket as sockets
-
-    with sockets.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def readiness(base_url: str) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as response:
-            return json.load(response)
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-@contextmanager
-def gunicorn(env_overrides: dict[str, str]) -> Iterator[tuple[str, dict]]:
-    """The app under gunicorn on a free loopback port; yields (base URL, its /readyz answer)."""
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "32", "--no-control-socket",
-               "-b", f"127.0.0.1:{port}", "wsgi:app"]
-    env = {**os.environ, "FACEAPP_DEVICE": "cpu", **env_overrides}
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-            while (ready := readiness(base_url)) is None:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"the server did not start:\n{log.read().decode(errors='replace')[-3000:]}")
-                time.sleep(0.5)
-            yield base_url, ready
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
 
 
 # ---------- Clients ----------

@@ -116,6 +116,8 @@ def test_csv_summary_and_thumbnail(done_job):
     assert csv_text[0].startswith("frame,time_s,analysed,track_id") and len(csv_text) >= 21
     summary = client.get(body["urls"]["summary_json"]).get_json()
     assert summary["frames"] == 24 and len(summary["tracks"]) == 1
+    # Default options: a full search on frames 0, 5, 10, 15, 20; the face is followed in between.
+    assert summary["search_every"] == 5 and summary["searched_frames"] == 5
     track = summary["tracks"][0]
     assert track["track_id"] == 1 and track["first_frame"] <= 2 and track["last_frame"] >= 21
     assert track["emotion"]["dominant"] in track["emotion"]["mean_probabilities"]
@@ -204,8 +206,10 @@ def test_truncated_mid_file_fails_the_job_with_a_reason(video_client, astronaut,
 def test_missing_field_and_bad_options(video_client, clip):
     response = video_client.post("/api/v1/videos", data={}, content_type="multipart/form-data")
     assert response.status_code == 400 and response.get_json()["error"]["code"] == "missing_video"
-    response = post_video(video_client, clip.read_bytes(), "face.mp4", alpha="2")
-    assert response.status_code == 400 and response.get_json()["error"]["code"] == "bad_option"
+    for bad in ({"alpha": "2"}, {"stride": "0"}, {"search_every": "0"}, {"search_every": "31"},
+                {"search_every": "often"}):
+        response = post_video(video_client, clip.read_bytes(), "face.mp4", **bad)
+        assert response.status_code == 400 and response.get_json()["error"]["code"] == "bad_option", bad
 
 
 def test_limits_on_size_duration_and_resolution(service, tmp_path, clip):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -64,6 +63,22 @@ def reading_order(detections: list[Detection]) -> list[Detection]:
         else:
             rows.append([d])
     return [d for row in rows for d in sorted(row, key=lambda d: float(d.box[0]))]
+
+
+def _face(detection: Detection, prediction: FacePrediction) -> Face:
+    return Face(box=tuple(float(v) for v in detection.box), score=detection.score,
+                landmarks=[(float(x), float(y)) for x, y in detection.landmarks],
+                emotion=prediction.emotion, age=prediction.age, gender=prediction.gender)
+
+
+@dataclass(frozen=True)
+class _DetectRequest:
+    """One picture for the detector worker: a full search, or (``around`` given) a refinement of
+    faces known from the previous frame."""
+
+    image: np.ndarray
+    max_side: int | None = None
+    around: np.ndarray | None = None  # (N, 4) boxes
 
 
 @dataclass
@@ -124,7 +139,7 @@ class InferenceService:
                                      max_side=settings.detector_max_side, min_score=settings.detector_min_score)
         # No waiting for companions (max_wait_ms=0): a lone picture is detected at once; under load,
         # pictures queue while a batch runs and leave together in the next one.
-        self._detector: MicroBatcher[tuple[np.ndarray, int | None], list[Detection]] = MicroBatcher(
+        self._detector: MicroBatcher[_DetectRequest, list[Detection]] = MicroBatcher(
             self._detect_batch, max_batch_size=DETECT_BATCH_SIZE, max_wait_ms=0, max_queue=settings.max_queue,
             name="detector")
         self._batcher: MicroBatcher[_FaceJob, FacePrediction] = MicroBatcher(
@@ -176,10 +191,19 @@ class InferenceService:
 
     def detect(self, image: np.ndarray, max_side: int | None = None) -> list[Detection]:
         """Faces in one picture, best first; ``max_side`` overrides the detector's downscaling limit."""
-        return self._detector.submit((image, max_side)).result()
+        return self._detector.submit(_DetectRequest(image, max_side)).result()
 
     def detect_many(self, images: list[np.ndarray]) -> list[list[Detection]]:
-        return [f.result() for f in self._detector.submit_many([(image, None) for image in images])]
+        return [f.result() for f in self._detector.submit_many([_DetectRequest(image) for image in images])]
+
+    def follow(self, image: np.ndarray, previous: Sequence[Detection]) -> list[Detection]:
+        """The faces of ``previous`` (the last frame's detections) where they are in ``image`` now,
+        by MTCNN's last stage alone: a few ms per face instead of a whole-picture search. Finds no
+        new faces; video mode runs a full :meth:`detect` every few frames for those."""
+        if not previous:
+            return []
+        boxes = np.stack([d.box for d in previous])
+        return self._detector.submit(_DetectRequest(image, around=boxes)).result()
 
     def analyze(self, image: np.ndarray, detect: bool = True) -> Analysis:
         """Analyse one RGB uint8 picture.
@@ -215,18 +239,21 @@ class InferenceService:
         t0 = time.perf_counter()
         jobs = [self._job_from_landmarks(image, d.landmarks) for d in detections]
         t1 = time.perf_counter()
-        futures: list[Future] = self._batcher.submit_many(jobs)
-        preds = [f.result() for f in futures]
+        preds = [f.result() for f in self._batcher.submit_many(jobs)]
         t2 = time.perf_counter()
         if timings is not None:
             timings["align"] = (t1 - t0) * 1000
             timings["models"] = (t2 - t1) * 1000
-        return [
-            Face(box=tuple(float(v) for v in d.box), score=d.score,
-                 landmarks=[(float(x), float(y)) for x, y in d.landmarks],
-                 emotion=p.emotion, age=p.age, gender=p.gender)
-            for d, p in zip(detections, preds)
-        ]
+        return [_face(d, p) for d, p in zip(detections, preds)]
+
+    def analyze_many(self, images: Sequence[np.ndarray],
+                     detections: Sequence[Sequence[Detection]]) -> list[list[Face]]:
+        """The heads on the faces of several pictures (a chunk of video frames): every face is
+        submitted before any answer is awaited, so faces of different frames share batches."""
+        jobs = [self._job_from_landmarks(image, d.landmarks)
+                for image, found in zip(images, detections) for d in found]
+        preds = iter([f.result() for f in self._batcher.submit_many(jobs)])
+        return [[_face(d, next(preds)) for d in found] for found in detections]
 
     def close(self) -> None:
         self._detector.close()
@@ -237,14 +264,19 @@ class InferenceService:
         return self._batcher.stats
 
     # -- internals ------------------------------------------------------------------------------
-    def _detect_batch(self, requests: list[tuple[np.ndarray, int | None]]) -> list[list[Detection]]:
-        """One MTCNN call per downscaling limit asked for (the live mode asks for a smaller one)."""
+    def _detect_batch(self, requests: list[_DetectRequest]) -> list[list[Detection]]:
+        """One MTCNN call per downscaling limit asked for (the live mode asks for a smaller one), and
+        one O-net call for every refinement in the batch."""
         results: list[list[Detection]] = [[] for _ in requests]
-        by_max_side: dict[int | None, list[int]] = {}
-        for i, (_, max_side) in enumerate(requests):
-            by_max_side.setdefault(max_side, []).append(i)
-        for max_side, indices in by_max_side.items():
-            found = self.detector.detect_many([requests[i][0] for i in indices], max_side)
+        groups: dict[int | None | str, list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault("refine" if request.around is not None else request.max_side, []).append(i)
+        for key, indices in groups.items():
+            if key == "refine":
+                found = self.detector.refine_many([requests[i].image for i in indices],
+                                                  [requests[i].around for i in indices])
+            else:
+                found = self.detector.detect_many([requests[i].image for i in indices], key)
             for i, detections in zip(indices, found):
                 results[i] = detections
         return results

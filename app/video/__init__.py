@@ -55,6 +55,7 @@ def status_body(job: VideoJob) -> dict:
 @page_bp.get("/video")
 def page():
     return render_template("video.html", default_alpha=current_app.config["VIDEO_DEFAULT_ALPHA"],
+                           default_search_every=current_app.config["VIDEO_SEARCH_EVERY"],
                            max_video_mb=current_app.config["MAX_VIDEO_MB"],
                            max_video_seconds=current_app.config["MAX_VIDEO_SECONDS"])
 
@@ -74,16 +75,20 @@ def _urls(job_id: str) -> dict:
 
 def _parse_options() -> VideoOptions | str:
     """Form fields -> options, or the message of a 400."""
+    config = current_app.config
     try:
         stride = int(request.form.get("stride", "1"))
-        alpha = float(request.form.get("alpha", str(current_app.config["VIDEO_DEFAULT_ALPHA"])))
+        search_every = int(request.form.get("search_every", str(config["VIDEO_SEARCH_EVERY"])))
+        alpha = float(request.form.get("alpha", str(config["VIDEO_DEFAULT_ALPHA"])))
     except ValueError:
-        return "'stride' must be an integer and 'alpha' a number"
+        return "'stride' and 'search_every' must be integers and 'alpha' a number"
     if not 1 <= stride <= 30:
         return "'stride' must be between 1 and 30"
+    if not 1 <= search_every <= 30:
+        return "'search_every' must be between 1 and 30"
     if not 0.0 < alpha <= 1.0:
         return "'alpha' must be in (0, 1]"
-    return VideoOptions(stride=stride, alpha=alpha)
+    return VideoOptions(stride=stride, alpha=alpha, search_every=search_every)
 
 
 @api_bp.post("")

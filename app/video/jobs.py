@@ -35,6 +35,9 @@ class JobCancelled(Exception):
 class VideoOptions:
     stride: int = 1  # analyse every ``stride``-th frame; frames between reuse the last analysis
     alpha: float = 0.3  # weight of the newest frame in each track's moving average
+    # A full face search every ``search_every``-th analysed frame; faces are followed in between
+    # (app/inference/keyframes.py). 1: search every analysed frame.
+    search_every: int = 5
 
 
 @dataclass

@@ -13,11 +13,12 @@ import av
 import cv2
 import numpy as np
 
+from app.inference.keyframes import KeyframeDetector
 from app.tracking import FaceTracker, TrackedFace
 from app.video.jobs import JobCancelled, VideoJob
 
-# Analysed frames per detect_many call: same-size frames share one MTCNN batch. On the 2-core CPU,
-# 640x480: 6.9 frames/s one at a time, 8.3 in fours, 9.8 in eights (bench/video_throughput.py).
+# Analysed frames per chunk: the chunk's searched frames share one MTCNN batch and all its faces are
+# submitted to the heads together, so they share batches too (bench/video_throughput.py).
 CHUNK_FRAMES = 8
 TIMELINE_POINTS = 200  # most points of a track's emotion timeline in summary.json
 BOX_COLOR = (64, 200, 255)  # RGB
@@ -131,6 +132,7 @@ def process_video(job: VideoJob, service, is_cancelled: Callable[[], bool],
     """Runs ``job`` to its outputs; raises ``JobCancelled`` or an exception whose text is the reason."""
     stride = max(1, int(job.options.stride))
     tracker = FaceTracker(alpha=job.options.alpha)
+    detector = KeyframeDetector(service, search_every=job.options.search_every)
     tracks: dict[int, TrackStats] = {}
     t_start = time.monotonic()
 
@@ -160,8 +162,9 @@ def process_video(job: VideoJob, service, is_cancelled: Callable[[], bool],
             def flush() -> None:
                 nonlocal last
                 analysed = [(i, img) for i, _, img in chunk if i % stride == 0]
-                detections = service.detect_many([img for _, img in analysed]) if analysed else []
-                found = {i: service.analyze_detections(img, dets) for (i, img), dets in zip(analysed, detections)}
+                images = [img for _, img in analysed]
+                faces = service.analyze_many(images, detector.detect(images))
+                found = {i: f for (i, _), f in zip(analysed, faces)}
                 for i, time_s, img in chunk:
                     is_analysed = i in found
                     if is_analysed:
@@ -209,6 +212,7 @@ def process_video(job: VideoJob, service, is_cancelled: Callable[[], bool],
     job.frames_total = index
     summary = {"id": job.id, "frames": index, "fps": float(fps), "width": width, "height": height,
                "output_width": out_w, "output_height": out_h, "stride": stride, "alpha": job.options.alpha,
+               "search_every": job.options.search_every, "searched_frames": detector.searches,
                "notes": job.notes, "tracks": []}
     (job.path / "tracks").mkdir(exist_ok=True)
     for stats in sorted(tracks.values(), key=lambda s: s.track_id):

@@ -19,6 +19,7 @@ const ui = {
   input: document.getElementById('video-input'),
   dropzone: document.getElementById('dropzone'),
   stride: document.getElementById('stride'),
+  searchEvery: document.getElementById('search-every'),
   alpha: document.getElementById('alpha'),
   job: document.getElementById('job'),
   progress: document.getElementById('job-progress'),
@@ -78,6 +79,7 @@ function upload(file) {
   const form = new FormData();
   form.append('video', file);
   form.append('stride', ui.stride.value || '1');
+  if (ui.searchEvery.value) form.append('search_every', ui.searchEvery.value);
   form.append('alpha', ui.alpha.value || '0.3');
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();

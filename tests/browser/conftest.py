@@ -13,19 +13,13 @@ Other browser tests reuse ``launch_chromium``, e.g. a webcam test::
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from serving import ServerDidNotStart, gunicorn
+
 ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = Path(os.environ.get("FACEAPP_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = (
@@ -49,20 +43,6 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def is_ready(base_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base_url}/readyz", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):  # HTTPError (503 while loading) is a URLError
-        return False
-
-
 def launch_chromium(playwright, user_data_dir: Path, extra_args=(), **context_options):
     """A fresh Chromium with its own profile directory; returns the (persistent) BrowserContext."""
     return playwright.chromium.launch_persistent_context(
@@ -81,32 +61,11 @@ def live_server():
         yield os.environ["FACEAPP_BASE_URL"].rstrip("/")
         return
 
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "8", "--no-control-socket",
-               "-b", f"127.0.0.1:{port}", "wsgi:app"]
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, "FACEAPP_DEVICE": "cpu"},
-                                  stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
-            while not is_ready(base_url):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    output = log.read().decode(errors="replace")
-                    print(output, file=sys.stderr)
-                    state = (f"exited with status {server.returncode}" if server.poll() is not None
-                             else f"was not ready after {SERVER_READY_TIMEOUT_S} s")
-                    pytest.fail(f"the app server {state}; the end of its output:\n{output[-2000:]}", pytrace=False)
-                time.sleep(0.5)
+    try:
+        with gunicorn(threads=8, timeout_s=SERVER_READY_TIMEOUT_S) as (base_url, _ready):
             yield base_url
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+    except ServerDidNotStart as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,74 @@
+"""Face detection for a sequence of frames: a full search every few frames, following in between.
+
+MTCNN's whole-picture search costs 50-450 ms a frame on the 2-core CPU (596x336 to 1080p), nearly all
+of it in the P-net pyramid. Between two searches the faces of the last frame are followed with the
+output network alone (:meth:`InferenceService.follow`, a few ms per face), which moves each box onto
+the face and gives fresh landmarks for alignment. Each box is first moved by its face's motion over
+the last frame (constant velocity), so that O-net starts from where the face should be: a face that
+moves a third of its width per frame is still followed. A face that enters the picture is found at
+the next search, at most ``search_every - 1`` analysed frames late; one that leaves is dropped as soon
+as O-net no longer scores it as a face.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+
+from app.tracking import greedy_match
+from models.detector import Detection
+
+MATCH_MIN_IOU = 0.3  # a face of this frame continues one of the last frame (after its predicted move)
+
+
+class KeyframeDetector:
+    """Detections for consecutive frames of one video (one instance per video: it remembers the
+    last frame's faces and how they moved).
+
+    Args:
+        service: the process's ``InferenceService``.
+        search_every: a full search on the first frame and every ``search_every``-th after it;
+            1 searches every frame (no following).
+    """
+
+    def __init__(self, service, search_every: int):
+        if search_every < 1:
+            raise ValueError("search_every must be at least 1")
+        self.service = service
+        self.search_every = int(search_every)
+        self.frames_seen = 0
+        self.searches = 0
+        self._last: list[Detection] = []
+        self._velocity: list[np.ndarray] = []  # per face of ``_last``: its box's move over one frame
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Detections for ``frames``, which continue the frames of the previous call. The searched
+        frames of the call go through the detector together (same-size frames share an MTCNN batch)."""
+        first = self.frames_seen
+        searched_at = [k for k in range(len(frames)) if (first + k) % self.search_every == 0]
+        searched = dict(zip(searched_at, self.service.detect_many([frames[k] for k in searched_at])))
+        self.searches += len(searched_at)
+        out: list[list[Detection]] = []
+        for k, frame in enumerate(frames):
+            predicted = [replace(d, box=d.box + v) for d, v in zip(self._last, self._velocity)]
+            found = searched[k] if k in searched else self.service.follow(frame, predicted)
+            self._velocity = self._motion(predicted, found)
+            self._last = found
+            out.append(found)
+        self.frames_seen += len(frames)
+        return out
+
+    def _motion(self, predicted: list[Detection], found: list[Detection]) -> list[np.ndarray]:
+        """Each found face's move since the last frame (zero for a new face)."""
+        matches = greedy_match([d.box for d in predicted], [d.box for d in found], MATCH_MIN_IOU)
+        moves = []
+        for c, face in enumerate(found):
+            if c in matches:
+                p = matches[c]
+                before = self._last[p].box
+                shift = ((face.box[:2] + face.box[2:]) - (before[:2] + before[2:])) / 2  # centre's move
+                moves.append(np.tile(shift, 2).astype(np.float32))
+            else:
+                moves.append(np.zeros(4, dtype=np.float32))
+        return moves
