@@ -278,6 +278,28 @@ def test_emotion_limit_and_resume_with_more_epochs(fer_dir, tmp_path):
     assert len(read_log(work / "log.csv")) == 2
 
 
+def test_init_continues_from_a_shipped_checkpoint(fer_dir, tmp_path):
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    base = ["emotion", "--data", str(fer_dir), "--cache-dir", str(tmp_path / "cache"), "--template-samples", "0",
+            "--limit", "20", "--threads", "1", "--batch-size", "8", "--epochs", "1"]
+    train.main(base + ["--out", str(first), "--workdir", str(tmp_path / "run1")])
+    start = load_checkpoint(first, "emotion")
+    # One step at a learning rate of ~0 keeps the weights: the second stage starts where the first ended.
+    train.main(base + ["--out", str(second), "--workdir", str(tmp_path / "run2"), "--init", str(first),
+                       "--lr", "1e-12", "--limit", "2", "--batch-size", "2"])
+    end = load_checkpoint(second, "emotion")
+    for (name, a), b in zip(start.model.state_dict().items(), end.model.state_dict().values()):
+        if a.is_floating_point() and "running" not in name and "num_batches" not in name:
+            assert torch.allclose(a.float(), b.float(), atol=1e-3), name
+    stages = end.card.training["earlier_stages"]
+    assert len(stages) == 1 and stages[0]["checkpoint"] == str(first)
+    assert stages[0]["config"]["epochs"] == 1 and "history" not in stages[0]
+    assert end.card.training["config"]["init"] == str(first)
+    assert end.card.preprocess.template == start.card.preprocess.template
+    with pytest.raises(ValueError, match="--init"):  # another architecture is refused
+        train.init_from(str(first), "emotion", "emotion_cnn", {"widths": [8, 16, 32, 64]}, start.model)
+
+
 def test_age_gender_trains_one_epoch_and_loads(utk_dir, tmp_path):
     out = tmp_path / "age_gender.pt"
     argv = ["age_gender", "--data", str(utk_dir), "--out", str(out), "--workdir", str(tmp_path / "run"),

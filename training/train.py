@@ -2,6 +2,7 @@
 
     python -m training.train emotion --data ../shared/data/fer2013 --out models/weights/emotion.pt
     python -m training.train age_gender --data ../shared/data/utkface/UTKFace --out models/weights/age_gender.pt
+    python -m training.train emotion ... --init models/weights/emotion.pt   # continue from a shipped model
 
 What a run leaves behind, in ``--workdir`` (default ``runs/<task>``):
     config.json     the resolved configuration
@@ -70,6 +71,7 @@ class TrainConfig:
     workdir: str | None = None
     template_samples: int = 600
     cache_dir: str | None = None
+    init: str | None = None  # start from this shipped checkpoint's weights and landmark template
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -95,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--template-samples", type=int, default=TrainConfig.template_samples,
                    help="training images to measure the landmark template on (0: use the default template)")
     p.add_argument("--cache-dir", default=None, help="data cache folder (default .cache/ in the repository)")
+    p.add_argument("--init", default=None, metavar="CHECKPOINT",
+                   help="start from a shipped checkpoint of the same task and architecture (a second training "
+                        "stage with a new schedule); its landmark template and training record are kept")
     a = p.parse_args(argv)
     if not 0.0 <= a.ferplus <= 1.0:
         p.error("--ferplus must lie in [0, 1]")
@@ -207,6 +212,27 @@ def measure_or_default(data: TaskData, rows: np.ndarray, cfg: TrainConfig) -> Te
     return result
 
 
+def init_from(path: str, task: str, arch: str, arch_args: dict, model: nn.Module) -> tuple[TemplateResult, list[dict]]:
+    """Load a shipped checkpoint's weights into ``model`` (--init); returns its landmark template and
+    the chain of training records that produced it, oldest first."""
+    from models.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(path, task=task)
+    card = loaded.card
+    if card.arch != arch or plain(card.arch_args) != plain(arch_args):
+        raise ValueError(f"--init: {path} is {card.arch} {card.arch_args}, this run trains {arch} {arch_args}")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in loaded.model.state_dict().items()})
+    record = dict(card.training)
+    stages = record.pop("earlier_stages", [])
+    record.pop("history", None)  # per-epoch detail stays with that stage's own log
+    stages = [*stages, {"checkpoint": str(path), "metrics": card.metrics, **record}]
+    template = TemplateResult.from_dict(card.training["template"]) if "template" in card.training else \
+        TemplateResult(card.preprocess.template, 0, 0, measured=False)
+    log.info("--init: starting from %s (%s, %s)", path, card.arch, card.metrics)
+    return template, stages
+
+
 def main(argv: list[str] | None = None) -> Path:
     """Run training; returns the path of the written checkpoint."""
     cfg = parse_args(argv)
@@ -239,6 +265,7 @@ def main(argv: list[str] | None = None) -> Path:
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
 
     start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
+    earlier_stages: list[dict] = []  # with --init: the training records of the checkpoint started from
     schedule_changes: list[dict] = []
     previous_seconds = 0.0
     if cfg.resume and state_path.is_file():
@@ -270,6 +297,7 @@ def main(argv: list[str] | None = None) -> Path:
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         history, previous_seconds = state["history"], state["seconds"]
+        earlier_stages = state.get("earlier_stages", [])
         template = TemplateResult.from_dict(state["template"])
         set_rng_state(state["rng"])
         log.info("resumed from %s after epoch %d (best %s at epoch %d)", state_path, start_epoch, best_score,
@@ -277,7 +305,10 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         if cfg.resume:
             log.warning("--resume: no %s yet, starting from scratch", state_path)
-        template = measure_or_default(data, rows, cfg)
+        if cfg.init:
+            template, earlier_stages = init_from(cfg.init, cfg.task, arch, arch_args, model)
+        else:
+            template = measure_or_default(data, rows, cfg)
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(["epoch", "train_loss", "val_split", "val_metrics", "selection_score", "lr",
                                     "seconds"])
@@ -307,7 +338,7 @@ def main(argv: list[str] | None = None) -> Path:
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None, "best_score": best_score,
             "best_epoch": best_epoch, "history": history, "template": template.to_dict(),
-            "schedule_changes": schedule_changes, "rng": rng_state(),
+            "schedule_changes": schedule_changes, "earlier_stages": earlier_stages, "rng": rng_state(),
             "seconds": previous_seconds + time.perf_counter() - t_start,
         }, state_path)
 
@@ -330,6 +361,7 @@ def main(argv: list[str] | None = None) -> Path:
         "test_split": data.test_split,
         "epochs": cfg.epochs,
         "schedule_changes": schedule_changes,  # --resume with a different --epochs
+        "earlier_stages": earlier_stages,  # --init: how the starting weights were trained (oldest first)
         "history": history,
         "template": template.to_dict(),
         "augment": asdict(AugmentConfig()),
