@@ -268,15 +268,16 @@ class InferenceService:
         """One MTCNN call per downscaling limit asked for (the live mode asks for a smaller one), and
         one O-net call for every refinement in the batch."""
         results: list[list[Detection]] = [[] for _ in requests]
-        groups: dict[int | None | str, list[int]] = {}
+        groups: dict[tuple[str, int | None], list[int]] = {}
         for i, request in enumerate(requests):
-            groups.setdefault("refine" if request.around is not None else request.max_side, []).append(i)
-        for key, indices in groups.items():
-            if key == "refine":
-                found = self.detector.refine_many([requests[i].image for i in indices],
-                                                  [requests[i].around for i in indices])
+            key = ("follow", None) if request.around is not None else ("search", request.max_side)
+            groups.setdefault(key, []).append(i)
+        for (kind, max_side), indices in groups.items():
+            images = [requests[i].image for i in indices]
+            if kind == "follow":
+                found = self.detector.refine_many(images, [requests[i].around for i in indices])
             else:
-                found = self.detector.detect_many([requests[i].image for i in indices], key)
+                found = self.detector.detect_many(images, max_side)
             for i, detections in zip(indices, found):
                 results[i] = detections
         return results
