@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from app import create_app
-from app.video.jobs import FAILED, RUNNING, JobQueue, VideoJob
+from app.video.jobs import FAILED, RUNNING, JobCancelled, JobQueue, VideoJob
 from helpers import TestConfig
 from video_clips import decode_all, moving_face_frames, write_clip
 
@@ -272,6 +272,32 @@ def test_failures_during_processing_end_the_job_with_a_reason(tmp_path):
         time.sleep(0.02)
     failed = jobs.get(job.id)
     assert failed.status == FAILED and "frame 7" in failed.error
+
+
+def test_files_written_while_a_delete_runs_are_removed_too(tmp_path):
+    import threading
+
+    started, deleted, stopped = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_writer(job, cancelled, report):
+        started.set()
+        deleted.wait(10)
+        job.path.mkdir(exist_ok=True)  # a write that lands after delete()'s rmtree
+        (job.path / "frames.jsonl").write_text("{}\n")
+        stopped.set()
+        raise JobCancelled()
+
+    jobs = JobQueue(tmp_path / "videos", runner=slow_writer)
+    job = jobs.new_job("x.mp4", jobs_options())
+    jobs.submit(job)
+    assert started.wait(10)
+    assert jobs.delete(job.id)
+    deleted.set()
+    assert stopped.wait(10)
+    deadline = time.monotonic() + 10
+    while job.path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not job.path.exists()
 
 
 def test_full_queue_answers_503(service, video_config, clip, tmp_path):

@@ -253,6 +253,10 @@ class JobQueue:
             if job.status != DONE:
                 job.eta_s = None
             self._report(job)
+            if job_id in self._cancelled:
+                # Deleted while running: delete()'s rmtree can race with files the job was still
+                # writing (then the folder survives it); the job has stopped now, so remove it again.
+                shutil.rmtree(job.path, ignore_errors=True)
 
     def _report(self, job: VideoJob) -> None:
         if job.id in self._cancelled or not job.path.is_dir():
