@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from training.engine import cpu_name
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -15,15 +16,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def write_results(results: dict, out: Path | None) -> None:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,6 +12,17 @@ import torch.nn as nn
 
 from models.preprocess import PreprocessConfig, normalize
 from training.augment import AugmentConfig, augment_batch
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux /proc/cpuinfo), for training records and benchmark reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -23,7 +23,6 @@ import csv
 import json
 import logging
 import math
-import platform
 import random
 import sys
 import time
@@ -39,7 +38,7 @@ from tqdm import tqdm
 from models.checkpoint import ModelCard, atomic_torch_save, save_checkpoint
 from models.registry import create_model
 from training.augment import AugmentConfig
-from training.engine import autocast_for, make_batch, memory_format_for, predict, resolve_device, seed_everything
+from training.engine import autocast_for, cpu_name, make_batch, memory_format_for, predict, resolve_device, seed_everything
 from training.tasks import (SELECTION_RULES, TASKS, TaskData, arch_for, labels_for, load_task_data, loss_fn,
                             preprocess_for, selection_score, split_metrics)
 from training.template import TemplateResult, measure_template
@@ -114,15 +113,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} (CPU, {torch.get_num_threads()} torch thread(s))"
+    return f"{cpu_name()} (CPU, {torch.get_num_threads()} torch thread(s))"
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
