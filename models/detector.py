@@ -37,8 +37,8 @@ class FaceDetector:
         min_score: detections below this final score are dropped.
         follow_min_score: a face being followed (:meth:`refine_many`) is kept while O-net scores it at
             least this. Lower than ``min_score`` on purpose (hysteresis): a face a search confirmed is
-            not dropped on one doubtful frame (on the street clip: 90% instead of 86% of the faces a
-            per-frame search finds, bench/video_throughput.py).
+            not dropped on one doubtful frame (bench/video_throughput.py reports the share of a
+            per-frame search's faces that following keeps).
     """
 
     def __init__(self, device: str | torch.device = "cpu", min_face_size: int = 20,

@@ -1,8 +1,8 @@
 """Face detection for a sequence of frames: a full search every few frames, following in between.
 
-MTCNN's whole-picture search costs 50-450 ms a frame on the 2-core CPU (596x336 to 1080p), nearly all
-of it in the P-net pyramid. Between two searches the faces of the last frame are followed with the
-output network alone (:meth:`InferenceService.follow`, a few ms per face), which moves each box onto
+MTCNN's whole-picture search is most of a frame's cost on a CPU, nearly all of it in the P-net
+pyramid. Between two searches the faces of the last frame are followed with the
+output network alone (:meth:`InferenceService.follow`, one 48x48 pass per face), which moves each box onto
 the face and gives fresh landmarks for alignment. Each box is first moved by its face's motion over
 the last frame (constant velocity), so that O-net starts from where the face should be: a face that
 moves a third of its width per frame is still followed. A face that enters the picture is found at

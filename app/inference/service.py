@@ -198,7 +198,7 @@ class InferenceService:
 
     def follow(self, image: np.ndarray, previous: Sequence[Detection]) -> list[Detection]:
         """The faces of ``previous`` (the last frame's detections) where they are in ``image`` now,
-        by MTCNN's last stage alone: a few ms per face instead of a whole-picture search. Finds no
+        by MTCNN's last stage alone: one 48x48 pass per face instead of a whole-picture search. Finds no
         new faces; video mode runs a full :meth:`detect` every few frames for those."""
         if not previous:
             return []
