@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from models.efficientnet_lite import EfficientNetLite0
 from models.layers import PlainCNN
 from models.registry import register_model
 
@@ -18,14 +19,14 @@ GENDER_CLASSES: tuple[str, ...] = ("male", "female")  # index = UTKFace's gender
 MAX_AGE = 100
 
 
-class AgeGenderCNN(nn.Module):
-    def __init__(self, in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128, 256),
-                 depths: tuple[int, ...] = (1, 1, 2, 2),
-                 max_age: int = MAX_AGE, dropout: float = 0.2):
+class AgeGenderNet(nn.Module):
+    """A backbone giving pooled features, then an age-distribution head and a gender head."""
+
+    def __init__(self, backbone: nn.Module, max_age: int = MAX_AGE, dropout: float = 0.2):
         super().__init__()
         self.max_age = max_age
-        self.backbone = PlainCNN(in_channels, tuple(widths), tuple(depths))
-        f = self.backbone.out_features
+        self.backbone = backbone
+        f = backbone.out_features
         self.age_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(f, max_age + 1))
         self.gender_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(f, 1))
 
@@ -36,8 +37,17 @@ class AgeGenderCNN(nn.Module):
 
 
 @register_model
-def age_gender_cnn(**kwargs) -> AgeGenderCNN:
-    return AgeGenderCNN(**kwargs)
+def age_gender_cnn(in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128, 256),
+                   depths: tuple[int, ...] = (1, 1, 2, 2), max_age: int = MAX_AGE,
+                   dropout: float = 0.2) -> AgeGenderNet:
+    """Small VGG-style network trained from scratch."""
+    return AgeGenderNet(PlainCNN(in_channels, tuple(widths), tuple(depths)), max_age, dropout)
+
+
+@register_model
+def age_gender_efficientnet_lite0(in_channels: int = 3, max_age: int = MAX_AGE, dropout: float = 0.2) -> AgeGenderNet:
+    """EfficientNet-Lite0 backbone (ImageNet-initialised in training)."""
+    return AgeGenderNet(EfficientNetLite0(in_channels), max_age, dropout)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from models.efficientnet_lite import EfficientNetLite0
 from models.layers import PlainCNN
 from models.registry import register_model
 
@@ -11,13 +12,13 @@ from models.registry import register_model
 EMOTION_CLASSES: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 
-class EmotionCNN(nn.Module):
-    def __init__(self, in_channels: int = 1, widths: tuple[int, ...] = (32, 64, 128, 256),
-                 depths: tuple[int, ...] = (1, 1, 2, 2),
-                 num_classes: int = len(EMOTION_CLASSES), dropout: float = 0.3):
+class EmotionNet(nn.Module):
+    """A backbone giving pooled features, then dropout and a linear classifier."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int = len(EMOTION_CLASSES), dropout: float = 0.3):
         super().__init__()
-        self.backbone = PlainCNN(in_channels, tuple(widths), tuple(depths))
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.out_features, num_classes))
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.out_features, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, S, S) -> class logits (N, num_classes)."""
@@ -25,8 +26,18 @@ class EmotionCNN(nn.Module):
 
 
 @register_model
-def emotion_cnn(**kwargs) -> EmotionCNN:
-    return EmotionCNN(**kwargs)
+def emotion_cnn(in_channels: int = 1, widths: tuple[int, ...] = (32, 64, 128, 256),
+                depths: tuple[int, ...] = (1, 1, 2, 2), num_classes: int = len(EMOTION_CLASSES),
+                dropout: float = 0.3) -> EmotionNet:
+    """Small VGG-style network trained from scratch at 48 px."""
+    return EmotionNet(PlainCNN(in_channels, tuple(widths), tuple(depths)), num_classes, dropout)
+
+
+@register_model
+def emotion_efficientnet_lite0(in_channels: int = 1, num_classes: int = len(EMOTION_CLASSES),
+                               dropout: float = 0.3) -> EmotionNet:
+    """EfficientNet-Lite0 backbone (ImageNet-initialised in training)."""
+    return EmotionNet(EfficientNetLite0(in_channels), num_classes, dropout)
 
 
 def decode_emotion(logits: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,10 @@ class PreprocessConfig:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     template: tuple[tuple[float, float], ...] = field(default=DEFAULT_TEMPLATE)
+    # The data set's own resolution when the network reads its faces enlarged (FER2013's 48 px faces into a
+    # 64 px network): every face is first framed at this size, then scaled to ``input_size``, so a sharp
+    # webcam face reaches the network as blurred as the training faces did. None: frame at ``input_size``.
+    source_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.channels not in ("gray", "rgb"):
@@ -66,7 +70,13 @@ class PreprocessConfig:
             mean=tuple(float(v) for v in d["mean"]),
             std=tuple(float(v) for v in d["std"]),
             template=tuple((float(x), float(y)) for x, y in d["template"]),
+            source_size=int(d["source_size"]) if d.get("source_size") else None,
         )
+
+    @property
+    def frame_size(self) -> int:
+        """The side faces are framed at before the final scaling to ``input_size``."""
+        return self.source_size or self.input_size
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -116,18 +126,20 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, cfg: PreprocessConfig) 
     Returns:
         (S, S, C) uint8 crop, S = ``cfg.input_size``.
     """
-    size = cfg.input_size
+    size = cfg.frame_size
     dst = np.asarray(cfg.template, dtype=np.float64) * size
     matrix = similarity_transform(landmarks, dst)
     crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return convert_channels(crop, cfg.channels)
+    return _resize(convert_channels(crop, cfg.channels), cfg.input_size)
 
 
 def resize_face(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """An image that already is a face crop framed like the training data (a data-set image, or an
     upload with ``detect=false``) -> (S, S, C) uint8."""
-    size = cfg.input_size
-    image = convert_channels(image, cfg.channels)
+    return _resize(_resize(convert_channels(image, cfg.channels), cfg.frame_size), cfg.input_size)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape[0] != size or image.shape[1] != size:
         interp = cv2.INTER_AREA if min(image.shape[:2]) > size else cv2.INTER_LINEAR
         image = cv2.resize(image, (size, size), interpolation=interp)

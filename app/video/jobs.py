@@ -191,7 +191,14 @@ class JobQueue:
             self._cancelled.add(job_id)
             if job_id in self._waiting:
                 self._waiting.remove(job_id)
-        shutil.rmtree(self.root / job_id, ignore_errors=True)
+        # A running job may still be writing a file while rmtree walks the folder, which then survives
+        # it: retry briefly, so the folder is gone when the request returns (the worker removes it once
+        # more when the job stops, see _run).
+        folder, deadline = self.root / job_id, time.monotonic() + 5.0
+        shutil.rmtree(folder, ignore_errors=True)
+        while folder.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+            shutil.rmtree(folder, ignore_errors=True)
         return True
 
     def cleanup(self, now: float | None = None) -> int:
