@@ -58,12 +58,13 @@ class Recipe:
     imagenet_init: bool = False  # start the backbone from ImageNet weights (training only)
 
 
-_GRAY, _RGB = {"channels": "gray", "mean": (0.5,), "std": (0.5,)}, {"channels": "rgb", "mean": (0.5,) * 3, "std": (0.5,) * 3}
+_GRAY = {"channels": "gray", "mean": (0.5,), "std": (0.5,)}
+_RGB = {"channels": "rgb", "mean": (0.5,) * 3, "std": (0.5,) * 3}
 RECIPES: dict[str, dict[str, Recipe]] = {
     "emotion": {
         "cnn": Recipe("emotion_cnn", {}, PreprocessConfig(input_size=48, **_GRAY)),
         # FER2013's 48 px faces enlarged to 64: ImageNet filters expect bigger structures than 48 px
-        # gives after the stem, and 64 px still runs at ~560 faces/s on 2 CPU threads.
+        # leaves after the stride-2 stem; 64 px keeps both heads above 300 faces/s (bench/photo_latency.py).
         "lite0": Recipe("emotion_efficientnet_lite0", {}, PreprocessConfig(input_size=64, source_size=48, **_GRAY),
                         imagenet_init=True),
     },

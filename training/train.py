@@ -277,8 +277,9 @@ def main(argv: list[str] | None = None) -> Path:
     if cfg.resume and state_path.is_file():
         state = torch.load(state_path, map_location=device, weights_only=False)  # our own file, trusted
         old = state["config"]
+        old.setdefault("arch", "cnn")  # run folders from before --arch existed
         for key in ("task", "arch", "batch_size", "seed", "limit", "lr", "warmup"):
-            if old.get(key, TrainConfig.arch if key == "arch" else None) != getattr(cfg, key):
+            if old[key] != getattr(cfg, key):
                 raise ValueError(f"--resume: {state_path} was made with {key}={old[key]!r}, not {getattr(cfg, key)!r}")
         start_epoch, best_score, best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
         schedule_changes = state.get("schedule_changes", [])
