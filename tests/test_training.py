@@ -370,12 +370,12 @@ def test_data_pack_round_trip_and_trains(fer_dir, tmp_path):
     original = load_task_data("emotion", fer_dir, cache_dir=tmp_path / "cache")
     packed = load_task_data("emotion", out)
     assert packed.images.shape == original.images.shape and packed.images.dtype == np.uint8
-    assert np.abs(packed.images.astype(int) - original.images.astype(int)).mean() < 10  # JPEG q90 of noise
+    assert np.abs(packed.images.astype(int) - original.images.astype(int)).mean() < 8  # JPEG q95 of noise
     np.testing.assert_array_equal(packed.targets, original.targets)
     assert packed.splits.keys() == original.splits.keys()
     for name in original.splits:
         np.testing.assert_array_equal(packed.splits[name], original.splits[name])
-    assert packed.template.template == DEFAULT_TEMPLATE and packed.description["pack"]["jpeg_quality"] == 90
+    assert packed.template.template == DEFAULT_TEMPLATE and packed.description["pack"]["jpeg_quality"] == 95
     with pytest.raises(ValueError, match="'emotion' pack"):
         load_task_data("age_gender", out)
     with pytest.raises(ValueError, match="ends in"):
@@ -386,3 +386,15 @@ def test_data_pack_round_trip_and_trains(fer_dir, tmp_path):
     card = load_checkpoint(model, "emotion").card
     assert card.training["data"]["pack"]["file"] == "emotion.pack.npz"
     assert card.training["template"]["measured"] is False  # the pack's template, not measured again
+
+    # --drop-test: the test split's images stay behind; the other rows keep their split and targets.
+    small = pack.main(["emotion", "--data", str(fer_dir), "--out", str(tmp_path / "small.pack.npz"), "--drop-test",
+                       "--cache-dir", str(tmp_path / "cache"), "--template-samples", "0"])
+    reduced = load_task_data("emotion", small)
+    assert len(reduced.images) == len(original.images) - len(original.splits["PrivateTest"])
+    assert len(reduced.splits["PrivateTest"]) == 0
+    for name in ("Training", "PublicTest"):
+        np.testing.assert_array_equal(reduced.targets[reduced.splits[name]], original.targets[original.splits[name]])
+    model = tmp_path / "small.pt"
+    train.main(["emotion", "--data", str(small), "--out", str(model), "--workdir", str(tmp_path / "run2"), *FAST])
+    assert set(load_checkpoint(model, "emotion").card.metrics) == {"PublicTest"}

@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = load_task_data(a.task, a.data, seed=seed, cache_dir=a.cache_dir)
     if a.split not in data.splits:
         raise SystemExit(f"unknown split {a.split!r} for {a.task}; choose from {list(data.splits)}")
+    if not len(data.splits[a.split]):
+        raise SystemExit(f"split {a.split!r} is empty in {a.data} (a pack made with --drop-test?)")
     trained_sizes = card.training.get("data", {}).get("split_sizes")
     if trained_sizes and trained_sizes != data.description["split_sizes"]:
         log.warning("split sizes %s differ from the training run's %s: not the same data?",

@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> Path:
     model.load_state_dict(best["model"])
     final = {split: split_metrics(data, predict(model, data.images[data.splits[split]], preprocess, device), split,
                                   full=True)
-             for split in (data.select_split, data.test_split)}
+             for split in (data.select_split, data.test_split) if len(data.splits[split])}  # a pack may hold no test split
     (workdir / "final.json").write_text(json.dumps(plain(final), indent=2) + "\n")
     summary_keys = ("accuracy", "macro_f1", "mae", "cs5", "gender_accuracy", "n")
     metrics = {split: {k: m[k] for k in summary_keys if k in m} for split, m in final.items()}
