@@ -398,3 +398,62 @@ def test_data_pack_round_trip_and_trains(fer_dir, tmp_path):
     model = tmp_path / "small.pt"
     train.main(["emotion", "--data", str(small), "--out", str(model), "--workdir", str(tmp_path / "run2"), *FAST])
     assert set(load_checkpoint(model, "emotion").card.metrics) == {"PublicTest"}
+
+
+# -- distillation ---------------------------------------------------------------------------------------
+def test_teacher_weight_zero_leaves_the_age_gender_loss_unchanged_and_one_follows_the_teacher():
+    from training.distill import TeacherOutputs, data_identity, with_teacher
+    from training.tasks import TaskData
+
+    ages = np.array([3.0, 30.0, 71.0], np.float32)
+    female = np.array([0.0, 1.0, 1.0], np.float32)
+    data = TaskData(task="age_gender", images=np.zeros((3, 8, 8, 3), np.uint8),
+                    targets=np.stack([ages, female], 1), splits={"train": np.arange(3), "val": np.arange(0),
+                                                                 "test": np.arange(0)},
+                    select_split="val", test_split="test", description={}, load_for_template=None,
+                    template_upscale=1)
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(MAX_AGE + 1), size=3).astype(np.float32)
+    teacher = TeacherOutputs("age_gender", np.concatenate([probs, [[0.9], [0.2], [0.6]]], 1).astype(np.float32),
+                             [], data_identity(data), {})
+    out = torch.randn(3, MAX_AGE + 2)
+    plain_loss = age_gender_loss(out, torch.from_numpy(data.targets))
+    none = with_teacher(data, teacher, 0.0)
+    assert none.targets.shape == (3, 3 + MAX_AGE + 1)
+    torch.testing.assert_close(age_gender_loss(out, torch.from_numpy(none.targets)), plain_loss)
+    full = torch.from_numpy(with_teacher(data, teacher, 1.0).targets)
+    torch.testing.assert_close(full[:, 3:], torch.from_numpy(probs))  # the teacher's age bins, the label's age
+    torch.testing.assert_close(full[:, 2], torch.tensor([0.9, 0.2, 0.6]))
+    torch.testing.assert_close(full[:, :2], torch.from_numpy(data.targets))  # hard columns kept for metrics
+    assert not torch.allclose(age_gender_loss(out, full), plain_loss)
+    other = TeacherOutputs("age_gender", teacher.probs[:2], [], {**data_identity(data), "rows": 2}, {})
+    with pytest.raises(ValueError, match="same --data"):
+        with_teacher(data, other, 0.5)
+
+
+def test_distill_emotion_end_to_end(fer_dir, tmp_path):
+    """A trained model teaches a new one: outputs for every row, mixed into the targets, recorded in the card."""
+    from training import distill
+
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    base = ["emotion", "--data", str(fer_dir), *cache, "--template-samples", "0", *FAST]
+    first = tmp_path / "teacher.pt"
+    train.main(base + ["--out", str(first), "--workdir", str(tmp_path / "run1")])
+    outputs = distill.main(["emotion", "--data", str(fer_dir), "--teachers", str(first), str(first),
+                            "--out", str(tmp_path / "t.npz"), "--threads", "1", *cache])
+    assert outputs.probs.shape == (42, len(EMOTION_CLASSES))
+    np.testing.assert_allclose(outputs.probs.sum(1), 1, atol=1e-5)
+    # Two copies of one model are that model: the ensemble scores what the teacher scores with flip TTA.
+    res = evaluate.main(["emotion", "--data", str(fer_dir), "--weights", str(first), "--tta", "--threads", "1",
+                         "--out", str(tmp_path / "eval"), *cache])
+    assert outputs.metrics["PrivateTest"]["accuracy"] == pytest.approx(res["tta"]["accuracy"], abs=1e-4)
+    loaded = distill.load_teacher_outputs(tmp_path / "t.npz")
+    np.testing.assert_allclose(loaded.probs, outputs.probs, atol=1e-3)  # stored in fp16
+    student = tmp_path / "student.pt"
+    train.main(base + ["--out", str(student), "--workdir", str(tmp_path / "run2"), "--teacher",
+                       str(tmp_path / "t.npz"), "--teacher-weight", "0.7"])
+    record = load_checkpoint(student, "emotion").card.training["teacher"]
+    assert record["weight"] == 0.7 and [t["checkpoint"] for t in record["teachers"]] == [str(first)] * 2
+    assert record["ensemble_metrics"] == outputs.metrics
+    with pytest.raises(ValueError, match="teacher"):  # a resumed run keeps its teacher
+        train.main(base + ["--out", str(student), "--workdir", str(tmp_path / "run2"), "--epochs", "2", "--resume"])

@@ -347,3 +347,29 @@ def test_progress_is_pushed_to_watchers(service, video_config, clip):
         assert events and events[-1]["args"][0]["status"] == "done"
         assert all(e["args"][0]["id"] == job_id for e in events)
     sio.disconnect(namespace=NAMESPACE)
+
+
+def test_track_summary_memory_is_bounded_and_its_figures_exact():
+    """A long track keeps at most 2 * TIMELINE_POINTS timeline points, yet its means are over every frame."""
+    from app.tracking import TrackedFace
+    from app.video.processing import TIMELINE_POINTS, TrackStats
+    from test_tracking import make_face
+
+    rng = np.random.default_rng(0)
+    n = 30_000  # ~17 minutes at 30 fps, one face analysed per frame
+    years, p_female = rng.uniform(20, 40, n), rng.uniform(0.2, 0.9, n)
+    stats, image = TrackStats(track_id=1, first_frame=0), np.zeros((8, 8, 3), np.uint8)
+    for i in range(n):
+        face = make_face(box=(1, 1, 6, 6), happy=0.6, years=float(years[i]), p_female=float(p_female[i]))
+        stats.add(i, i / 30, image, TrackedFace(track_id=1, raw=face, smoothed=face))
+        assert len(stats.timeline) < 2 * TIMELINE_POINTS
+    d = stats.to_dict()
+    assert d["frames_analysed"] == n and (d["first_frame"], d["last_frame"]) == (0, n - 1)
+    assert d["age"] == {"mean": round(float(years.mean()), 1), "std": round(float(years.std()), 1)}
+    assert d["gender"]["female_frames"] == int((p_female >= 0.5).sum())
+    assert d["gender"]["male_frames"] == n - d["gender"]["female_frames"]
+    assert d["emotion"]["dominant"] == "happy" and d["emotion"]["mean_probabilities"]["happy"] == pytest.approx(0.6)
+    frames = [p["frame"] for p in d["timeline"]]
+    assert len(frames) == TIMELINE_POINTS and frames[0] == 0 and frames[-1] == n - 1  # whole track, evenly
+    gaps = np.diff(frames)[:-1]  # the last gap reaches the newest frame, whatever the stride
+    assert gaps.max() <= 2 * gaps.min()

@@ -180,11 +180,18 @@ def gaussian_age_targets(ages: torch.Tensor, num_bins: int, sigma: float = AGE_S
 
 
 def age_gender_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Label-distribution loss (KL up to a constant) + small L1 on the expected age + BCE for gender."""
+    """Label-distribution loss (KL up to a constant) + small L1 on the expected age + BCE for gender.
+
+    ``targets``: [age, female], or with a teacher (``training.distill.with_teacher``) [age, female,
+    soft female, soft age-bin distribution...]; the soft columns then replace the Gaussian and the label.
+    """
     age_logits, gender_logit = split_age_gender(outputs.float())
     ages, female = targets[:, 0], targets[:, 1]
     logp = F.log_softmax(age_logits, dim=1)
-    dist = gaussian_age_targets(ages, age_logits.shape[1])
+    if targets.shape[1] > 2:
+        female, dist = targets[:, 2], targets[:, 3:]
+    else:
+        dist = gaussian_age_targets(ages, age_logits.shape[1])
     ldl = -(dist * logp).sum(1).mean()
     expected = (logp.exp() * torch.arange(age_logits.shape[1], device=outputs.device)).sum(1)
     l1 = (expected - ages).abs().mean()

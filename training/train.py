@@ -73,6 +73,8 @@ class TrainConfig:
     template_samples: int = 600
     cache_dir: str | None = None
     init: str | None = None  # start from this shipped checkpoint's weights and landmark template
+    teacher: str | None = None  # teacher outputs (python -m training.distill) mixed into the targets
+    teacher_weight: float = 0.5  # their share of the targets, with --teacher
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -105,9 +107,16 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="start from a shipped checkpoint of the same task and architecture (a second training "
                         "stage with a new schedule); its landmark template and training record are kept")
+    p.add_argument("--teacher", default=None, metavar="NPZ",
+                   help="distil: an ensemble's outputs on this --data (python -m training.distill), mixed into "
+                        "the targets")
+    p.add_argument("--teacher-weight", type=float, default=TrainConfig.teacher_weight, metavar="W",
+                   help="share of the teacher in the targets, in [0, 1] (default %(default)s)")
     a = p.parse_args(argv)
     if not 0.0 <= a.ferplus <= 1.0:
         p.error("--ferplus must lie in [0, 1]")
+    if not 0.0 <= a.teacher_weight <= 1.0:
+        p.error("--teacher-weight must lie in [0, 1]")
     if a.epochs < 1 or a.batch_size < 2:
         p.error("--epochs must be >= 1 and --batch-size >= 2")
     cfg = TrainConfig(**{k: v for k, v in vars(a).items()})
@@ -246,6 +255,14 @@ def main(argv: list[str] | None = None) -> Path:
     recipe = recipe_for(cfg.task, cfg.arch)
     data = load_task_data(cfg.task, cfg.data, seed=cfg.seed, ferplus=cfg.ferplus, cache_dir=cfg.cache_dir,
                           preprocess=recipe.preprocess)
+    teacher = None
+    if cfg.teacher:
+        from training.distill import load_teacher_outputs, with_teacher
+
+        teacher = load_teacher_outputs(cfg.teacher)
+        data = with_teacher(data, teacher, cfg.teacher_weight)
+        log.info("distilling from %d teacher(s) with weight %.2f; ensemble %s", len(teacher.teachers),
+                 cfg.teacher_weight, teacher.metrics)
     data.images = fit_to(data.images, recipe.preprocess)  # e.g. FER2013's 48 px -> a 64 px network
     train_split = next(s for s in data.splits if s not in (data.select_split, data.test_split))
     rows = data.splits[train_split]
@@ -278,7 +295,9 @@ def main(argv: list[str] | None = None) -> Path:
         state = torch.load(state_path, map_location=device, weights_only=False)  # our own file, trusted
         old = state["config"]
         old.setdefault("arch", "cnn")  # run folders from before --arch existed
-        for key in ("task", "arch", "batch_size", "seed", "limit", "lr", "warmup"):
+        old.setdefault("teacher", None)  # ... and before --teacher
+        old.setdefault("teacher_weight", TrainConfig.teacher_weight)
+        for key in ("task", "arch", "batch_size", "seed", "limit", "lr", "warmup", "teacher", "teacher_weight"):
             if old[key] != getattr(cfg, key):
                 raise ValueError(f"--resume: {state_path} was made with {key}={old[key]!r}, not {getattr(cfg, key)!r}")
         start_epoch, best_score, best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
@@ -375,6 +394,8 @@ def main(argv: list[str] | None = None) -> Path:
         "template": template.to_dict(),
         "augment": asdict(AugmentConfig()),
         "imagenet_init": recipe.imagenet_init and not cfg.init,
+        "teacher": None if teacher is None else {"file": cfg.teacher, "weight": cfg.teacher_weight,
+                                                 "teachers": teacher.teachers, "ensemble_metrics": teacher.metrics},
         "wall_time_s": round(wall, 1),
         "torch": torch.__version__,
         "device": str(device),

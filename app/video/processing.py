@@ -26,53 +26,75 @@ BOX_COLOR = (64, 200, 255)  # RGB
 
 @dataclass
 class TrackStats:
-    """What summary.json says about one track, accumulated over the frames that were analysed."""
+    """What summary.json says about one track, accumulated over the frames that were analysed.
+
+    Memory stays constant however long the video: running sums for the means, and a timeline thinned
+    as it grows (every ``timeline_stride``-th analysed frame, the stride doubling whenever the kept
+    points reach twice ``TIMELINE_POINTS``), so a track holds at most 2 * TIMELINE_POINTS points.
+    """
 
     track_id: int
     first_frame: int
     last_frame: int = 0
     best_score: float = -1.0
     thumbnail: np.ndarray | None = None
+    frames: int = 0
     prob_sums: dict[str, float] = field(default_factory=dict)
-    ages: list[float] = field(default_factory=list)
-    p_female: list[float] = field(default_factory=list)
+    age_sum: float = 0.0
+    age_sq_sum: float = 0.0  # with age_sum: the standard deviation over the track
+    p_female_sum: float = 0.0
+    female_frames: int = 0
     timeline: list[dict] = field(default_factory=list)
+    timeline_stride: int = 1
+    last_point: dict | None = None  # the newest frame's point: the timeline always ends at the track's end
 
     def add(self, frame_index: int, time_s: float, image: np.ndarray, tracked: TrackedFace) -> None:
         face = tracked.smoothed
         self.last_frame = frame_index
         for name, p in face.emotion.probabilities.items():
             self.prob_sums[name] = self.prob_sums.get(name, 0.0) + p
-        self.ages.append(face.age.years)
-        self.p_female.append(face.gender.p_female)
-        self.timeline.append({"frame": frame_index, "time_s": round(time_s, 3),
-                              "probabilities": {k: round(v, 4) for k, v in face.emotion.probabilities.items()}})
+        self.age_sum += face.age.years
+        self.age_sq_sum += face.age.years ** 2
+        self.p_female_sum += face.gender.p_female
+        self.female_frames += face.gender.p_female >= 0.5
+        point = {"frame": frame_index, "time_s": round(time_s, 3),
+                 "probabilities": {k: round(v, 4) for k, v in face.emotion.probabilities.items()}}
+        if self.frames % self.timeline_stride == 0:
+            self.timeline.append(point)
+            if len(self.timeline) >= 2 * TIMELINE_POINTS:
+                self.timeline = self.timeline[::2]
+                self.timeline_stride *= 2
+        self.last_point = point
+        self.frames += 1
         if tracked.raw.score > self.best_score:
             self.best_score = tracked.raw.score
             self.thumbnail = crop(image, face.box)
 
     def to_dict(self) -> dict:
-        n = max(1, len(self.ages))
-        means = {k: v / n for k, v in self.prob_sums.items()}
-        p_female = float(np.mean(self.p_female)) if self.p_female else 0.5
+        n = self.frames
+        means = {k: v / max(1, n) for k, v in self.prob_sums.items()}
+        p_female = self.p_female_sum / n if n else 0.5
         gender = "female" if p_female >= 0.5 else "male"
-        keep = np.unique(np.linspace(0, len(self.timeline) - 1, min(TIMELINE_POINTS, len(self.timeline)))
-                         .round().astype(int)) if self.timeline else []
+        age_mean = self.age_sum / n if n else None
+        age_std = float(np.sqrt(max(0.0, self.age_sq_sum / n - age_mean ** 2))) if n else None
+        points = self.timeline
+        if self.last_point is not None and points[-1]["frame"] != self.last_point["frame"]:
+            points = [*points, self.last_point]
+        keep = np.unique(np.linspace(0, len(points) - 1, min(TIMELINE_POINTS, len(points)))
+                         .round().astype(int)) if points else []
         return {
             "track_id": self.track_id,
             "first_frame": self.first_frame,
             "last_frame": self.last_frame,
-            "frames_analysed": len(self.ages),
+            "frames_analysed": n,
             "thumbnail": f"tracks/{self.track_id}.jpg",
             "emotion": {"dominant": max(means, key=means.get) if means else None,
                         "mean_probabilities": {k: round(v, 4) for k, v in means.items()}},
-            "age": {"mean": round(float(np.mean(self.ages)), 1) if self.ages else None,
-                    "std": round(float(np.std(self.ages)), 1) if self.ages else None},
+            "age": {"mean": round(age_mean, 1) if n else None, "std": round(age_std, 1) if n else None},
             # Majority of frames, and the mean confidence of that label over the track.
             "gender": {"label": gender, "probability": round(p_female if gender == "female" else 1 - p_female, 4),
-                       "female_frames": int(sum(p >= 0.5 for p in self.p_female)),
-                       "male_frames": int(sum(p < 0.5 for p in self.p_female))},
-            "timeline": [self.timeline[i] for i in keep],
+                       "female_frames": self.female_frames, "male_frames": n - self.female_frames},
+            "timeline": [points[i] for i in keep],
         }
 
 
