@@ -66,6 +66,9 @@ class Config:
     # Faces in a webcam frame are large: detecting on the frame downscaled to 320 px is 2.5x faster than
     # at 640 and finds the same boxes (tests/test_live.py); the heads still see crops of the full frame.
     LIVE_DETECTOR_MAX_SIDE = _int("FACEAPP_LIVE_DETECTOR_MAX_SIDE", 320)
+    # A client's faces are searched for every n-th frame and followed by MTCNN's O-net in between
+    # (app/inference/keyframes.py, as in video mode); a face that enters is found at most n - 1 frames late.
+    LIVE_SEARCH_EVERY = _int("LIVE_SEARCH_EVERY", 3)
 
     LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
     TESTING = False

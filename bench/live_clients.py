@@ -1,7 +1,7 @@
 """Live mode under load: the real server, simulated python-socketio clients on loopback.
 
     python -m bench.live_clients [--clients 1 8] [--seconds 10] [--repeats 3] [--smoothing-frames 60]
-                                 [--detector-max-side N] [--out bench/results/live.json]
+                                 [--detector-max-side N] [--search-every 1 3] [--out bench/results/live.json]
 
 Starts ``gunicorn -w 1 --threads 32 --no-control-socket wsgi:app`` on a free loopback port
 (FACEAPP_DEVICE=cpu), then:
@@ -16,6 +16,11 @@ Starts ``gunicorn -w 1 --threads 32 --no-control-socket wsgi:app`` on a free loo
    shifted by 0-2 px, a fixed pseudo-random sequence) once with alpha=1 (raw) and once with the
    default alpha; reported: the mean frame-to-frame change of the age and of the emotion
    probabilities, smoothed/raw (target: at most 1/3).
+
+With ``--search-every 1 3`` the whole measurement runs on one server per LIVE_SEARCH_EVERY value, one
+after the other, and the following servers are reported as ratios to the searching-every-frame one. The
+streamed frame is a still face, so following never loses it: a best case for following (a real camera's
+moving face costs the same O-net pass, and one that enters the picture is found at the next search).
 
 Every loop is bounded (by time or frame count). The machine is printed with the numbers.
 """
@@ -187,25 +192,81 @@ def smoothing(base_url: str, frames: list[bytes], default_alpha: float) -> dict:
 
 def report(results: dict) -> None:
     print(f"machine: {results['machine']}")
-    print(f"server: {results['server']}")
-    for row in results["streaming"]:
-        stages = ", ".join(f"{k} {v:.1f}" for k, v in row["stages_ms_p50"].items())
-        print(f"{row['clients']} client(s), {row['repeats']} x {row['seconds']:.0f} s: "
-              f"{row['fps_aggregate']:.1f} fps aggregate, "
-              f"slowest client {row['fps_min_client']:.1f} fps | server p50 {row['server_ms_p50']:.1f} ms "
-              f"({stages}) | round trip p50 {row['round_trip_ms']['p50']:.1f} ms, "
-              f"p95 {row['round_trip_ms']['p95']:.1f} ms | errors {row['errors'] or 'none'}")
-    if "scaling" in results:
-        s = results["scaling"]
-        print(f"aggregate fps, {s['clients']} clients / 1 client: {s['ratio']:.2f}x")
-    if "smoothing" in results:
-        sm = results["smoothing"]
-        for name in ("raw", "smoothed"):
-            r = sm[name]
-            print(f"still face, {name} (alpha {r['alpha']:.2f}): mean change per frame: age {r['age_years']:.3f} y, "
-                  f"emotion probability {r['emotion_probability']:.4f} ({r['pairs']} frame pairs)")
-        print(f"smoothed/raw: age {sm['ratio']['age_years']:.3f}, emotion {sm['ratio']['emotion_probability']:.3f} "
-              f"(target <= 0.333)")
+    for run in results["runs"]:
+        print(f"server: {run['server']}")
+        for row in run["streaming"]:
+            stages = ", ".join(f"{k} {v:.1f}" for k, v in row["stages_ms_p50"].items())
+            print(f"{row['clients']} client(s), {row['repeats']} x {row['seconds']:.0f} s: "
+                  f"{row['fps_aggregate']:.1f} fps aggregate, "
+                  f"slowest client {row['fps_min_client']:.1f} fps | server p50 {row['server_ms_p50']:.1f} ms "
+                  f"({stages}) | round trip p50 {row['round_trip_ms']['p50']:.1f} ms, "
+                  f"p95 {row['round_trip_ms']['p95']:.1f} ms | errors {row['errors'] or 'none'}")
+        if "scaling" in run:
+            s = run["scaling"]
+            print(f"aggregate fps, {s['clients']} clients / 1 client: {s['ratio']:.2f}x")
+        if "smoothing" in run:
+            sm = run["smoothing"]
+            for name in ("raw", "smoothed"):
+                r = sm[name]
+                print(f"still face, {name} (alpha {r['alpha']:.2f}): mean change per frame: age "
+                      f"{r['age_years']:.3f} y, emotion probability {r['emotion_probability']:.4f} "
+                      f"({r['pairs']} frame pairs)")
+            print(f"smoothed/raw: age {sm['ratio']['age_years']:.3f}, emotion "
+                  f"{sm['ratio']['emotion_probability']:.3f} (target <= 0.333)")
+    for row in results.get("search_every_ratios", []):
+        print(f"search every {row['search_every']} frames / every frame, {row['clients']} client(s): "
+              f"{row['fps_ratio']:.2f}x fps, server p50 {row['server_ms_p50_ratio']:.2f}x")
+
+
+def measure(args, search_every: int | None) -> dict:
+    """One server (``search_every``: its LIVE_SEARCH_EVERY, None for the app's), every measurement on it."""
+    from app.config import Config
+
+    env = {}
+    if args.detector_max_side:
+        env["FACEAPP_LIVE_DETECTOR_MAX_SIDE"] = str(args.detector_max_side)
+    if search_every is not None:
+        env["LIVE_SEARCH_EVERY"] = str(search_every)
+    run: dict = {}
+    with gunicorn(env) as (base_url, ready):
+        run["server"] = {
+            "device": ready["device"],
+            "live_detector_max_side": int(env.get("FACEAPP_LIVE_DETECTOR_MAX_SIDE", Config.LIVE_DETECTOR_MAX_SIDE)),
+            "live_search_every": int(env.get("LIVE_SEARCH_EVERY", Config.LIVE_SEARCH_EVERY)),
+            "weights": {"emotion": Config.EMOTION_WEIGHTS, "age_gender": Config.AGE_GENDER_WEIGHTS},
+        }
+        jpeg = one_face_640x480()
+        for n in args.clients:  # unmeasured: first batches of each size pay for allocations and kernel choices
+            streaming(base_url, jpeg, n, args.warm_up_seconds)
+        repeats: dict[int, list[list[ClientRun]]] = {n: [] for n in args.clients}
+        for _ in range(args.repeats):  # alternating, so that a slow spell of the machine hits every count
+            for n in args.clients:
+                repeats[n].append(streaming(base_url, jpeg, n, args.seconds))
+        run["streaming"] = [summarize(n, args.seconds, repeats[n]) for n in args.clients]
+        if 1 in args.clients and len(args.clients) > 1:
+            single = next(r for r in run["streaming"] if r["clients"] == 1)
+            most = max(run["streaming"], key=lambda r: r["clients"])
+            run["scaling"] = {"clients": most["clients"], "ratio": most["fps_aggregate"] / single["fps_aggregate"]}
+        if args.smoothing_frames:
+            frames = jittered_still_face(args.smoothing_frames)
+            run["smoothing"] = smoothing(base_url, frames, Config.LIVE_DEFAULT_ALPHA)
+    return run
+
+
+def search_every_ratios(runs: list[dict]) -> list[dict]:
+    """Each following server against the searching-every-frame one, per client count."""
+    base = next((r for r in runs if r["server"]["live_search_every"] == 1), None)
+    if base is None:
+        return []
+    rows = []
+    for run in runs:
+        if run is base:
+            continue
+        for row, ref in zip(run["streaming"], base["streaming"]):
+            rows.append({"search_every": run["server"]["live_search_every"], "clients": row["clients"],
+                         "fps_ratio": row["fps_aggregate"] / ref["fps_aggregate"],
+                         "server_ms_p50_ratio": row["server_ms_p50"] / ref["server_ms_p50"]})
+    return rows
 
 
 def main(argv=None) -> dict:
@@ -217,37 +278,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--smoothing-frames", type=int, default=60, help="0 skips the smoothing check")
     parser.add_argument("--detector-max-side", type=int,
                         help="FACEAPP_LIVE_DETECTOR_MAX_SIDE for the server (default: the app's)")
+    parser.add_argument("--search-every", type=int, nargs="+", default=[None],
+                        help="LIVE_SEARCH_EVERY, one server each in turn (default: the app's); with 1 among "
+                             "them, the others are reported as ratios to it")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
-    env = {}
-    if args.detector_max_side:
-        env["FACEAPP_LIVE_DETECTOR_MAX_SIDE"] = str(args.detector_max_side)
-    from app.config import Config
-
     command = " ".join(["python -m bench.live_clients", *(sys.argv[1:] if argv is None else argv)])
     results: dict = {"machine": machine(), "command": command}
-    with gunicorn(env) as (base_url, ready):
-        results["server"] = {
-            "device": ready["device"],
-            "live_detector_max_side": int(env.get("FACEAPP_LIVE_DETECTOR_MAX_SIDE", Config.LIVE_DETECTOR_MAX_SIDE)),
-            "weights": {"emotion": Config.EMOTION_WEIGHTS, "age_gender": Config.AGE_GENDER_WEIGHTS},
-        }
-        jpeg = one_face_640x480()
-        for n in args.clients:  # unmeasured: first batches of each size pay for allocations and kernel choices
-            streaming(base_url, jpeg, n, args.warm_up_seconds)
-        repeats: dict[int, list[list[ClientRun]]] = {n: [] for n in args.clients}
-        for _ in range(args.repeats):  # alternating, so that a slow spell of the machine hits every count
-            for n in args.clients:
-                repeats[n].append(streaming(base_url, jpeg, n, args.seconds))
-        results["streaming"] = [summarize(n, args.seconds, repeats[n]) for n in args.clients]
-        if 1 in args.clients and len(args.clients) > 1:
-            single = next(r for r in results["streaming"] if r["clients"] == 1)
-            most = max(results["streaming"], key=lambda r: r["clients"])
-            results["scaling"] = {"clients": most["clients"], "ratio": most["fps_aggregate"] / single["fps_aggregate"]}
-        if args.smoothing_frames:
-            frames = jittered_still_face(args.smoothing_frames)
-            results["smoothing"] = smoothing(base_url, frames, Config.LIVE_DEFAULT_ALPHA)
+    results["runs"] = [measure(args, n) for n in args.search_every]
+    results["search_every_ratios"] = search_every_ratios(results["runs"])
     report(results)
     write_results(results, args.out)
     return results

@@ -41,9 +41,9 @@ class CountingService:
     def __init__(self, service):
         self.service, self.searched = service, 0
 
-    def detect_many(self, images):
+    def detect_many(self, images, max_side=None):
         self.searched += len(images)
-        return self.service.detect_many(images)
+        return self.service.detect_many(images, max_side)
 
     def follow(self, image, previous):
         return self.service.follow(image, previous)

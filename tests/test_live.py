@@ -50,13 +50,13 @@ def live_namespace(app) -> LiveNamespace:
 def test_sessions_have_a_capacity_and_one_frame_in_flight_each():
     sessions = LiveSessions(capacity=2, new_tracker=FaceTracker)
     assert sessions.open("a") and sessions.open("b") and not sessions.open("c")
-    with sessions.frame_slot("a") as tracker_a:
+    with sessions.frame_slot("a") as session_a:
         with pytest.raises(FrameError) as dropped:
             with sessions.frame_slot("a"):
                 pass
         assert dropped.value.code == "busy_dropped"
-        with sessions.frame_slot("b") as tracker_b:  # another client is not held up
-            assert tracker_b is not tracker_a
+        with sessions.frame_slot("b") as session_b:  # another client is not held up
+            assert session_b.tracker is not session_a.tracker
     with pytest.raises(RuntimeError), sessions.frame_slot("a"):
         raise RuntimeError("the analysis failed")
     with sessions.frame_slot("a"):  # a failed frame gave its slot back
@@ -142,6 +142,22 @@ def test_concurrent_detections_each_get_their_own_faces(service, astronaut, grac
         assert len(a) == len(b) == 1 and np.allclose(boxes(a), boxes(b), atol=0.5)
 
 
+def test_faces_are_searched_every_few_frames_and_followed_in_between(app, live, astronaut, grace_hopper):
+    """LIVE_SEARCH_EVERY = 3: frames 0, 3 and 6 are searched, the others followed, and a followed face is
+    the same face (box, track) as a searched one; a frame of another size starts over with a search."""
+    assert TestConfig.LIVE_SEARCH_EVERY == 3
+    jpeg = encode(astronaut, quality=90)
+    acks = [send(live, {"seq": seq, "image": jpeg}) for seq in range(7)]
+    (session,) = live_namespace(app).sessions._sessions.values()
+    assert (session.detector.frames_seen, session.detector.searches) == (7, 3)
+    for ack in acks:
+        (face,) = ack["faces"]
+        assert face["track_id"] == 1 and box_iou(face["box"], ASTRONAUT_FACE) > 0.6
+    assert box_iou(acks[1]["faces"][0]["box"], acks[0]["faces"][0]["box"]) > 0.9
+    ack = send(live, {"seq": 7, "image": encode(grace_hopper, quality=90)})  # another camera, another size
+    assert len(ack["faces"]) == 1 and (session.detector.frames_seen, session.detector.searches) == (1, 1)
+
+
 def test_a_frame_without_faces_answers_an_empty_list(live):
     ack = send(live, {"seq": 0, "image": encode(np.full((240, 320, 3), 90, np.uint8))})
     assert ack["seq"] == 0 and ack["faces"] == []
@@ -152,10 +168,12 @@ def test_the_clients_alpha_drives_the_moving_average(live, service, astronaut):
     the mean of the two raw predictions, computed here through the same service."""
     recoloured = np.ascontiguousarray(astronaut[..., ::-1])  # RGB -> BGR: same face, new pixels
     frames = [astronaut, recoloured]
-    raw_ages = []
+    raw_ages, detections = [], []
     for image in frames:
         pixels = decode_image(encode(image), max_pixels=10**7).pixels  # what the server will see
-        detections = service.detect(pixels, max_side=TestConfig.LIVE_DETECTOR_MAX_SIDE)
+        # The first frame is searched, the second followed (LIVE_SEARCH_EVERY > 1; no motion yet).
+        detections = (service.detect(pixels, max_side=TestConfig.LIVE_DETECTOR_MAX_SIDE) if not detections
+                      else service.follow(pixels, detections))
         raw_ages.append(service.analyze_detections(pixels, detections)[0].age.years)
     acks = [send(live, {"seq": i, "image": encode(image), "alpha": 0.5}) for i, image in enumerate(frames)]
     assert acks[0]["faces"][0]["age"]["years"] == pytest.approx(raw_ages[0], abs=0.06)
@@ -336,10 +354,11 @@ def test_two_clients_never_see_each_others_tracks_or_averages(server, astronaut_
         # Each client numbers its own tracks from 1...
         assert {f[0]["track_id"] for f in faces} == {1}
         # ... and a still face averaged with itself keeps its values: nothing mixed in from the other client.
-        looks = [{k: f[0][k] for k in ("emotion", "age", "gender")} for f in faces]
-        assert all(look == looks[0] for look in looks), name
+        # (Nearly: frames between two searches are followed, which frames the face a little differently.)
+        looks = [(f[0]["age"]["years"], f[0]["gender"]["label"], f[0]["emotion"]["label"]) for f in faces]
+        assert all(abs(look[0] - looks[0][0]) < 1.0 and look[1:] == looks[0][1:] for look in looks), looks
         described[name] = looks[0]
-    assert described["astronaut"] != described["hopper"]
+    assert abs(described["astronaut"][0] - described["hopper"][0]) > 5, described
 
 
 def test_a_disconnected_clients_state_is_freed(server, astronaut_jpeg):

@@ -30,13 +30,16 @@ class KeyframeDetector:
         service: the process's ``InferenceService``.
         search_every: a full search on the first frame and every ``search_every``-th after it;
             1 searches every frame (no following).
+        max_side: searches run on the frame downscaled to this longer side (``None``: the detector's
+            default); following always reads the full frame.
     """
 
-    def __init__(self, service, search_every: int):
+    def __init__(self, service, search_every: int, max_side: int | None = None):
         if search_every < 1:
             raise ValueError("search_every must be at least 1")
         self.service = service
         self.search_every = int(search_every)
+        self.max_side = max_side
         self.frames_seen = 0
         self.searches = 0
         self._last: list[Detection] = []
@@ -47,7 +50,7 @@ class KeyframeDetector:
         frames of the call go through the detector together (same-size frames share an MTCNN batch)."""
         first = self.frames_seen
         searched_at = [k for k in range(len(frames)) if (first + k) % self.search_every == 0]
-        searched = dict(zip(searched_at, self.service.detect_many([frames[k] for k in searched_at])))
+        searched = dict(zip(searched_at, self.service.detect_many([frames[k] for k in searched_at], self.max_side)))
         self.searches += len(searched_at)
         out: list[list[Detection]] = []
         for k, frame in enumerate(frames):

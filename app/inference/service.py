@@ -195,8 +195,9 @@ class InferenceService:
         """Faces in one picture, best first; ``max_side`` overrides the detector's downscaling limit."""
         return self._detector.submit(_DetectRequest(image, max_side)).result()
 
-    def detect_many(self, images: list[np.ndarray]) -> list[list[Detection]]:
-        return [f.result() for f in self._detector.submit_many([_DetectRequest(image) for image in images])]
+    def detect_many(self, images: list[np.ndarray], max_side: int | None = None) -> list[list[Detection]]:
+        requests = [_DetectRequest(image, max_side) for image in images]
+        return [f.result() for f in self._detector.submit_many(requests)]
 
     def follow(self, image: np.ndarray, previous: Sequence[Detection]) -> list[Detection]:
         """The faces of ``previous`` (the last frame's detections) where they are in ``image`` now,

@@ -17,10 +17,11 @@ from flask_socketio import ConnectionRefusedError, Namespace, emit
 
 from app.errors import error_body
 from app.inference import get_service
+from app.inference.keyframes import KeyframeDetector
 from app.inference.batching import QueueFullError
 from app.inference.results import Face
 from app.live.protocol import FrameError, decode_frame, error_ack, parse_frame, result_ack, seq_of
-from app.live.sessions import LiveSessions
+from app.live.sessions import LiveSession, LiveSessions
 from app.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class LiveSettings:
     track_min_iou: float
     track_max_age: int
     detector_max_side: int
+    search_every: int
 
     @classmethod
     def from_config(cls, config) -> "LiveSettings":
@@ -48,14 +50,19 @@ class LiveSettings:
             track_min_iou=float(config["LIVE_TRACK_MIN_IOU"]),
             track_max_age=int(config["LIVE_TRACK_MAX_AGE"]),
             detector_max_side=int(config["LIVE_DETECTOR_MAX_SIDE"]),
+            search_every=int(config["LIVE_SEARCH_EVERY"]),
         )
-        if settings.max_clients < 1 or settings.detector_max_side < 64:
-            raise ValueError("MAX_LIVE_CLIENTS must be >= 1 and FACEAPP_LIVE_DETECTOR_MAX_SIDE >= 64")
+        if settings.max_clients < 1 or settings.detector_max_side < 64 or settings.search_every < 1:
+            raise ValueError("MAX_LIVE_CLIENTS and LIVE_SEARCH_EVERY must be >= 1 and "
+                             "FACEAPP_LIVE_DETECTOR_MAX_SIDE >= 64")
         settings.new_tracker()  # checks IoU, max age and alpha: fail at start-up, not at a client's connect
         return settings
 
     def new_tracker(self) -> FaceTracker:
         return FaceTracker(min_iou=self.track_min_iou, max_age=self.track_max_age, alpha=self.default_alpha)
+
+    def new_detector(self) -> KeyframeDetector:
+        return KeyframeDetector(get_service(), self.search_every, self.detector_max_side)
 
 
 class LiveNamespace(Namespace):
@@ -65,7 +72,7 @@ class LiveNamespace(Namespace):
     def __init__(self, namespace: str, settings: LiveSettings):
         super().__init__(namespace)
         self.settings = settings
-        self.sessions = LiveSessions(settings.max_clients, settings.new_tracker)
+        self.sessions = LiveSessions(settings.max_clients, settings.new_tracker, settings.new_detector)
 
     def on_connect(self, auth=None):
         if not self.sessions.open(request.sid):
@@ -87,10 +94,10 @@ class LiveNamespace(Namespace):
         t0 = time.perf_counter()
         try:
             frame = parse_frame(payload, self.settings.max_frame_bytes, self.settings.default_alpha)
-            with self.sessions.frame_slot(request.sid) as tracker:
-                faces, timings = self._analyze(frame.jpeg)
+            with self.sessions.frame_slot(request.sid) as session:
+                faces, timings = self._analyze(frame.jpeg, session)
                 t_track = time.perf_counter()
-                tracked = tracker.update(faces, frame.alpha)
+                tracked = session.tracker.update(faces, frame.alpha)
                 timings["track"] = (time.perf_counter() - t_track) * 1000
         except FrameError as exc:
             return error_ack(seq_of(payload), exc.code, exc.message)
@@ -99,14 +106,15 @@ class LiveNamespace(Namespace):
         timings["total"] = (time.perf_counter() - t0) * 1000
         return result_ack(frame.seq, [t.smoothed for t in tracked], timings)
 
-    def _analyze(self, jpeg: bytes) -> tuple[list[Face], dict[str, float]]:
-        """Decode, detect on a downscaled copy, run the heads on crops of the full frame."""
+    def _analyze(self, jpeg: bytes, session: LiveSession) -> tuple[list[Face], dict[str, float]]:
+        """Decode, detect (a search on a downscaled copy every few frames, the faces followed in between),
+        run the heads on crops of the full frame."""
         service = get_service()
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         image = decode_frame(jpeg, self.settings.max_frame_side)
         t1 = time.perf_counter()
-        detections = service.detect(image, max_side=self.settings.detector_max_side)
+        detections = session.detect(image)
         timings["decode"] = (t1 - t0) * 1000
         timings["detect"] = (time.perf_counter() - t1) * 1000
         faces = service.analyze_detections(image, detections, timings)  # adds "align" and "models"

@@ -1,7 +1,8 @@
 """Per-client state of the live mode, keyed by Socket.IO session id.
 
-Each client gets its own tracker (ids and moving averages never leak between clients) and at most
-one frame in flight: a frame that arrives while the previous one is still being analysed is refused
+Each client gets its own tracker (ids and moving averages never leak between clients), its own
+face detector state (a full search every few frames, the faces followed in between; see
+``app/inference/keyframes.py``) and at most one frame in flight: a frame that arrives while the previous one is still being analysed is refused
 at once, never queued, so a client that floods the server cannot build a backlog.
 """
 from __future__ import annotations
@@ -11,26 +12,43 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import numpy as np
+
+from app.inference.keyframes import KeyframeDetector
 from app.live.protocol import FrameError
 from app.tracking import FaceTracker
+from models.detector import Detection
 
 
 @dataclass
 class LiveSession:
     tracker: FaceTracker
+    new_detector: Callable[[], KeyframeDetector]
+    detector: KeyframeDetector | None = None
+    frame_shape: tuple[int, ...] | None = None
     in_flight: bool = False
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """The faces of the client's next frame; a frame of another size (the camera changed) starts
+        over with a full search."""
+        if self.detector is None or image.shape != self.frame_shape:
+            self.detector, self.frame_shape = self.new_detector(), image.shape
+        return self.detector.detect([image])[0]
 
 
 class LiveSessions:
     """Thread-safe registry of the connected clients, with room for at most ``capacity`` of them.
 
     Event handlers run on their own threads; the lock guards the dict and the in-flight flags. A
-    session's tracker needs no lock of its own: only the holder of its in-flight slot touches it.
+    session's tracker and detector need no lock of their own: only the holder of its in-flight slot
+    touches them.
     """
 
-    def __init__(self, capacity: int, new_tracker: Callable[[], FaceTracker]):
+    def __init__(self, capacity: int, new_tracker: Callable[[], FaceTracker],
+                 new_detector: Callable[[], KeyframeDetector] | None = None):
         self.capacity = capacity
         self._new_tracker = new_tracker
+        self._new_detector = new_detector
         self._sessions: dict[str, LiveSession] = {}
         self._lock = threading.Lock()
 
@@ -47,7 +65,7 @@ class LiveSessions:
         with self._lock:
             if len(self._sessions) >= self.capacity:
                 return False
-            self._sessions[sid] = LiveSession(tracker=self._new_tracker())
+            self._sessions[sid] = LiveSession(tracker=self._new_tracker(), new_detector=self._new_detector)
             return True
 
     def close(self, sid: str) -> None:
@@ -56,8 +74,8 @@ class LiveSessions:
             self._sessions.pop(sid, None)
 
     @contextmanager
-    def frame_slot(self, sid: str) -> Iterator[FaceTracker]:
-        """Holds the client's one in-flight slot while its frame is analysed; yields its tracker.
+    def frame_slot(self, sid: str) -> Iterator[LiveSession]:
+        """Holds the client's one in-flight slot while its frame is analysed; yields its session.
 
         Raises:
             FrameError: ``busy_dropped`` when the previous frame is still in flight,
@@ -72,7 +90,7 @@ class LiveSessions:
                                                  "send the next frame after its answer")
             session.in_flight = True
         try:
-            yield session.tracker
+            yield session
         finally:
             with self._lock:
                 session.in_flight = False
