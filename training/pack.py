@@ -8,7 +8,7 @@
 
 The GPU machine sees only the repository (64 MiB in all), not ``../shared``: a pack holds the crops as
 JPEG, the targets, the splits exactly as the loaders built them, the label columns the metrics need, and the
-landmark template measured here (MTCNN is not needed there). Quality matters: the shipped emotion model scores 66.49% on PrivateTest from the
+landmark template measured here (MTCNN is not needed there). Quality matters: the stage-1 emotion model (Lite0, 2026-11-23) scores 66.49% on PrivateTest from the
 original pixels, 66.55% from a quality-95 pack and 64.89% from a quality-90 one, so 95 is the default. Sizes
 (2026-11-23): FER2013 57.8 MB at quality 95 (52.0 MB with ``--drop-test``; 45.8 MB at 90), UTKFace at 64 px
 42.4 MB at 90 (95 not built).
