@@ -16,6 +16,7 @@ import socketio as socketio_client
 
 from app import create_app, socketio
 from app.imaging import decode_image
+from app.inference.keyframes import KeyframeDetector
 from app.live.namespace import NAMESPACE, LiveNamespace
 from app.live.protocol import FrameError
 from app.live.sessions import LiveSessions
@@ -48,7 +49,8 @@ def live_namespace(app) -> LiveNamespace:
 # ---------- Sessions, without sockets ----------
 
 def test_sessions_have_a_capacity_and_one_frame_in_flight_each():
-    sessions = LiveSessions(capacity=2, new_tracker=FaceTracker)
+    sessions = LiveSessions(capacity=2, new_tracker=FaceTracker,
+                            new_detector=lambda: KeyframeDetector(service=None, search_every=3))
     assert sessions.open("a") and sessions.open("b") and not sessions.open("c")
     with sessions.frame_slot("a") as session_a:
         with pytest.raises(FrameError) as dropped:

@@ -17,8 +17,8 @@ from flask_socketio import ConnectionRefusedError, Namespace, emit
 
 from app.errors import error_body
 from app.inference import get_service
-from app.inference.keyframes import KeyframeDetector
 from app.inference.batching import QueueFullError
+from app.inference.keyframes import KeyframeDetector
 from app.inference.results import Face
 from app.live.protocol import FrameError, decode_frame, error_ack, parse_frame, result_ack, seq_of
 from app.live.sessions import LiveSession, LiveSessions

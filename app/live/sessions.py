@@ -2,8 +2,9 @@
 
 Each client gets its own tracker (ids and moving averages never leak between clients), its own
 face detector state (a full search every few frames, the faces followed in between; see
-``app/inference/keyframes.py``) and at most one frame in flight: a frame that arrives while the previous one is still being analysed is refused
-at once, never queued, so a client that floods the server cannot build a backlog.
+``app/inference/keyframes.py``) and at most one frame in flight: a frame that arrives while the
+previous one is still being analysed is refused at once, never queued, so a client that floods the
+server cannot build a backlog.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ class LiveSessions:
     """
 
     def __init__(self, capacity: int, new_tracker: Callable[[], FaceTracker],
-                 new_detector: Callable[[], KeyframeDetector] | None = None):
+                 new_detector: Callable[[], KeyframeDetector]):
         self.capacity = capacity
         self._new_tracker = new_tracker
         self._new_detector = new_detector
