@@ -14,8 +14,9 @@ file: it is derived from the research-only data), and training mixes them into t
   probabilities, and the gender target = (1 - w) * label + w * ensemble P(female).
 
 Teachers are averaged in probability space; each teacher's own output is the mean of its logits on the
-crop and its mirror image (``training.engine.predict(..., tta=True)``). The ensemble's own metrics on the
-selection and test splits are printed and stored with the outputs, so a card can quote them.
+crop and its mirror image (``training.engine.predict(..., tta=True)``). The ensemble's own metrics on every
+split (the training rows too: how far its targets are from the labels there) are printed and stored with
+the outputs, so a card can quote them.
 """
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def run_teachers(data: TaskData, paths: list[str], device: torch.device) -> Teac
 
 
 def _scored(data: TaskData) -> list[str]:
-    return [s for s in (data.select_split, data.test_split) if len(data.splits[s])]
+    """Every non-empty split: the training rows too, where the teacher's targets are used."""
+    return [s for s, rows in data.splits.items() if len(rows)]
 
 
 def _short(m: dict) -> dict:

@@ -104,7 +104,6 @@ def load_task_data(task: str, data: str | Path, seed: int = 0, ferplus: float = 
     from training.pack import is_pack, read_pack  # here: training.pack imports this module
 
     if is_pack(data):  # e.g. on a lent GPU machine
-
         pack = read_pack(data, task)
         if ferplus and ferplus != pack.description.get("ferplus_weight", 0.0):
             raise ValueError(f"{data} was packed with FER+ weight {pack.description.get('ferplus_weight', 0.0)}; "
