@@ -8,10 +8,20 @@ One piece of code for the video and live modes alike; it knows nothing of socket
 
 Matching is greedy on IoU, best pair first, with no motion model: at the frame rates we serve (5-30
 fps) a face moves little between frames, and the simplest rule is the easiest to reason about.
-Smoothing is an exponential moving average (EMA) per track: ``s = alpha * new + (1 - alpha) * s``.
+
+What a track shows:
+- emotion changes from moment to moment, so it is an exponential moving average (EMA) per track:
+  ``s = alpha * new + (1 - alpha) * s``;
+- age and gender do not change within a track, so every frame is evidence about one value
+  (:class:`TraitEstimate`): age is a precision-weighted mean in log space, using each frame's predicted
+  spread and its quality (``app/inference/quality.py``), gender the quality-weighted mean of the
+  female logit. The estimate gets *more* certain as frames arrive, and ``age.std`` of a smoothed face
+  is that uncertainty, not one frame's spread.
+``alpha = 1`` turns all of it off: every frame shows its own values.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -70,18 +80,67 @@ def ema(previous: float, new: float, alpha: float) -> float:
     return alpha * new + (1.0 - alpha) * previous
 
 
-def smooth_face(previous: Face, new: Face, alpha: float) -> Face:
-    """``new`` with its emotion probabilities, age (years and spread) and gender probability averaged
-    with ``previous``; labels follow the averaged values."""
-    probabilities = {name: ema(previous.emotion.probabilities[name], p, alpha)
-                     for name, p in new.emotion.probabilities.items()}
-    years = ema(previous.age.years, new.age.years, alpha)
-    return replace(
-        new,
-        emotion=Emotion(label=max(probabilities, key=probabilities.get), probabilities=probabilities),
-        age=Age(years=years, std=ema(previous.age.std, new.age.std, alpha), group=age_group(years)),
-        gender=Gender.from_p_female(ema(previous.gender.p_female, new.gender.p_female, alpha)),
-    )
+def smooth_emotion(previous: Emotion, new: Emotion, alpha: float) -> Emotion:
+    """``new``'s probabilities averaged with ``previous``'s; the label follows the averaged values."""
+    probabilities = {name: ema(previous.probabilities[name], p, alpha) for name, p in new.probabilities.items()}
+    return Emotion(label=max(probabilities, key=probabilities.get), probabilities=probabilities)
+
+
+# Consecutive frames of one face are far from independent looks (same light, same pose, same model
+# error), so after the first, each frame adds this share of its precision: ten frames count as one
+# more independent look. Without it the uncertainty would shrink to nothing within a second of video.
+FRAME_INDEPENDENCE = 0.1
+_MIN_LOG_SPREAD = 0.03  # a frame never claims its age to better than ~3% (log space)
+_P_CLAMP = 1e-4
+
+
+@dataclass
+class TraitEstimate:
+    """One person's age and gender from all the frames of their track, with an uncertainty that shrinks
+    as frames arrive.
+
+    Age: each frame's predicted mean ``y`` and spread ``s`` become a log-space observation
+    ``m = log(1 + y)`` with spread ``s / (1 + y)``, weighted by its precision times its quality. The
+    estimate is the weighted mean; its uncertainty combines the weights (discounted by
+    :data:`FRAME_INDEPENDENCE`) with how much the frames disagree. Log space because age errors grow
+    with age: 5 years is a lot at 8 and little at 70.
+    Gender: quality-weighted mean of the female logit.
+    """
+
+    frames: int = 0
+    weight: float = 0.0  # sum of w = quality / spread^2
+    log_age: float = 0.0  # sum of w * m
+    log_age_sq: float = 0.0  # sum of w * m^2: how much the frames disagree
+    quality: float = 0.0  # sum of quality
+    female_logit: float = 0.0  # sum of quality * logit(p_female)
+
+    def add(self, face: Face) -> None:
+        q = face.quality.weight if face.quality is not None else 1.0
+        years = max(0.0, face.age.years)
+        spread = max(face.age.std / (1.0 + years), _MIN_LOG_SPREAD)
+        m, w = math.log1p(years), q / spread ** 2
+        self.frames += 1
+        self.weight += w
+        self.log_age += w * m
+        self.log_age_sq += w * m * m
+        p = min(1.0 - _P_CLAMP, max(_P_CLAMP, face.gender.p_female))
+        self.quality += q
+        self.female_logit += q * math.log(p / (1.0 - p))
+
+    def age(self) -> Age:
+        mean = self.log_age / self.weight
+        independent_looks = 1.0 + FRAME_INDEPENDENCE * (self.frames - 1)
+        precision = self.weight / self.frames * independent_looks
+        scatter = max(0.0, self.log_age_sq / self.weight - mean * mean)
+        log_std = math.sqrt(max(1.0 / precision, scatter / independent_looks))
+        years = math.expm1(mean)
+        return Age(years=years, std=(years + 1.0) * log_std, group=age_group(years))
+
+    def gender(self) -> Gender:
+        return Gender.from_p_female(1.0 / (1.0 + math.exp(-self.female_logit / self.quality)))
+
+    def smoothed(self, new: Face, emotion: Emotion) -> Face:
+        return replace(new, emotion=emotion, age=self.age(), gender=self.gender())
 
 
 @dataclass
@@ -89,6 +148,7 @@ class _Track:
     track_id: int
     box: Box  # where the face was last seen
     smoothed: Face
+    traits: TraitEstimate
     missed: int = 0  # frames in a row without a match
 
 
@@ -99,7 +159,8 @@ class FaceTracker:
         min_iou: a face continues a track only if its box overlaps the track's last box at least this much.
         max_age: a track survives this many frames in a row without a face, then ends; its id is
             never given out again.
-        alpha: default weight of the newest observation in the moving average (1: no smoothing).
+        alpha: default weight of the newest frame in the emotion's moving average; 1 turns every
+            kind of smoothing off (emotion, age and gender all show the frame's own values).
     """
 
     def __init__(self, min_iou: float = 0.3, max_age: int = 5, alpha: float = 0.3):
@@ -123,7 +184,8 @@ class FaceTracker:
 
         Args:
             faces: every face the service found in this frame.
-            alpha: weight of this frame in the averages (default: the tracker's ``alpha``).
+            alpha: weight of this frame in the emotion average (default: the tracker's ``alpha``); 1 shows
+                the frame's own values. Age and gender keep accumulating either way.
         """
         alpha = self.alpha if alpha is None else _check_alpha(alpha)
         matches = greedy_match([t.box for t in self._tracks], [f.box for f in faces], self.min_iou)
@@ -137,11 +199,14 @@ class FaceTracker:
             if index in matches:
                 track = self._tracks[matches[index]]
                 track.box, track.missed = face.box, 0
-                track.smoothed = smooth_face(track.smoothed, face, alpha)
+                emotion = smooth_emotion(track.smoothed.emotion, face.emotion, alpha)
             else:
-                track = _Track(track_id=self._next_id, box=face.box, smoothed=face)
+                track = _Track(track_id=self._next_id, box=face.box, smoothed=face, traits=TraitEstimate())
                 self._next_id += 1
                 self._tracks.append(track)
+                emotion = face.emotion
+            track.traits.add(face)
+            track.smoothed = face if alpha >= 1.0 else track.traits.smoothed(face, emotion)
             out.append(TrackedFace(track_id=track.track_id, raw=replace(face, track_id=track.track_id),
                                    smoothed=replace(track.smoothed, track_id=track.track_id)))
         self._tracks = [t for t in self._tracks if t.missed <= self.max_age]

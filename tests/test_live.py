@@ -21,11 +21,12 @@ from app.live.namespace import NAMESPACE, LiveNamespace
 from app.live.protocol import FrameError
 from app.live.sessions import LiveSessions
 from app.tracking import FaceTracker
+from models.emotion import EMOTION_CLASSES
 from helpers import TestConfig
 from helpers import ASTRONAUT_FACE, box_iou, encode
 from serving import serve
 
-FACE_KEYS = {"box", "score", "landmarks", "emotion", "age", "gender", "track_id"}
+FACE_KEYS = {"box", "score", "landmarks", "emotion", "age", "gender", "track_id", "quality"}
 
 
 class TwoClientsConfig(TestConfig):
@@ -166,21 +167,30 @@ def test_a_frame_without_faces_answers_an_empty_list(live):
 
 
 def test_the_clients_alpha_drives_the_moving_average(live, service, astronaut):
-    """Two different looks at one face (same box, other colours): with alpha 0.5 the second answer is
-    the mean of the two raw predictions, computed here through the same service."""
+    """Two different looks at one face (same box, other colours): with alpha 0.5 the second answer's
+    emotion is the mean of the two raw predictions, and its age and gender the track's combined estimate
+    (app/tracking.py: TraitEstimate), all computed here through the same service."""
+    from app.tracking import TraitEstimate
+
     recoloured = np.ascontiguousarray(astronaut[..., ::-1])  # RGB -> BGR: same face, new pixels
     frames = [astronaut, recoloured]
-    raw_ages, detections = [], []
+    raw, detections, traits = [], [], TraitEstimate()
     for image in frames:
         pixels = decode_image(encode(image), max_pixels=10**7).pixels  # what the server will see
         # The first frame is searched, the second followed (LIVE_SEARCH_EVERY > 1; no motion yet).
         detections = (service.detect(pixels, max_side=TestConfig.LIVE_DETECTOR_MAX_SIDE) if not detections
                       else service.follow(pixels, detections))
-        raw_ages.append(service.analyze_detections(pixels, detections)[0].age.years)
+        raw.append(service.analyze_detections(pixels, detections)[0])
+        traits.add(raw[-1])
     acks = [send(live, {"seq": i, "image": encode(image), "alpha": 0.5}) for i, image in enumerate(frames)]
-    assert acks[0]["faces"][0]["age"]["years"] == pytest.approx(raw_ages[0], abs=0.06)
-    assert acks[1]["faces"][0]["age"]["years"] == pytest.approx((raw_ages[0] + raw_ages[1]) / 2, abs=0.06)
-    assert acks[1]["faces"][0]["track_id"] == acks[0]["faces"][0]["track_id"]
+    first, second = acks[0]["faces"][0], acks[1]["faces"][0]
+    assert first["age"]["years"] == pytest.approx(raw[0].age.years, abs=0.06)
+    for name in EMOTION_CLASSES:
+        expected = (raw[0].emotion.probabilities[name] + raw[1].emotion.probabilities[name]) / 2
+        assert second["emotion"]["probabilities"][name] == pytest.approx(expected, abs=2e-4)
+    assert second["age"]["years"] == pytest.approx(traits.age().years, abs=0.06)
+    assert second["gender"]["probability"] == pytest.approx(traits.gender().probability, abs=2e-4)
+    assert second["track_id"] == first["track_id"]
 
 
 def test_alpha_is_clamped_not_refused(live, astronaut_jpeg):

@@ -1,11 +1,16 @@
-"""The face tracker: ids that follow moving faces, tracks that end, and the moving averages."""
+"""The face tracker: ids that follow moving faces, tracks that end, the emotion moving average and the
+age and gender that converge over a track."""
 from __future__ import annotations
+
+import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from app.inference.quality import FaceQuality
 from app.inference.results import Age, Emotion, Face, Gender, age_group
-from app.tracking import FaceTracker, greedy_match, iou_matrix
+from app.tracking import FRAME_INDEPENDENCE, FaceTracker, greedy_match, iou_matrix
 from models.emotion import EMOTION_CLASSES
 
 
@@ -93,23 +98,69 @@ def test_moving_averages_by_hand():
     tracker = FaceTracker(alpha=0.25)
     box = (100, 100, 200, 200)
     first = tracker.update([make_face(box, happy=0.9, years=40, std=8, p_female=0.8)])[0]
-    assert first.smoothed == first.raw  # a new track starts from its first observation
+    # A new track starts from its first observation.
+    assert first.smoothed.emotion == first.raw.emotion and first.smoothed.gender.label == "female"
+    assert first.smoothed.age.years == pytest.approx(40) and first.smoothed.age.std == pytest.approx(8)
+    assert first.smoothed.gender.probability == pytest.approx(0.8)
 
     second = tracker.update([make_face(box, happy=0.1, years=20, std=4, p_female=0.2)])[0]
     s = second.smoothed
+    # Emotion: exponential moving average.
     assert s.emotion.probabilities["happy"] == pytest.approx(0.25 * 0.1 + 0.75 * 0.9)  # 0.7
     assert s.emotion.label == "happy"
     assert sum(s.emotion.probabilities.values()) == pytest.approx(1.0)
-    assert s.age.years == pytest.approx(0.25 * 20 + 0.75 * 40)  # 35
-    assert s.age.std == pytest.approx(0.25 * 4 + 0.75 * 8)  # 7
+    # Age: precision-weighted mean in log space; each frame's spread is std / (1 + years) there.
+    w1, w2 = (41 / 8) ** 2, (21 / 4) ** 2
+    mean = (w1 * math.log(41) + w2 * math.log(21)) / (w1 + w2)
+    assert s.age.years == pytest.approx(math.exp(mean) - 1)  # ~29.8: the sharper second frame weighs more
     assert s.age.group == "young adult"
-    assert s.gender.label == "female" and s.gender.probability == pytest.approx(0.25 * 0.2 + 0.75 * 0.8)
+    # Gender: mean of the female logits, log(0.8/0.2) and log(0.2/0.8): undecided.
+    assert s.gender.probability == pytest.approx(0.5)
     # The raw values stay reachable, as the models gave them.
     assert second.raw.age.years == 20 and second.raw.emotion.probabilities["happy"] == pytest.approx(0.1)
 
     third = tracker.update([make_face(box, happy=0.1, years=20, std=4, p_female=0.2)], alpha=1.0)[0]
-    assert third.smoothed.age == third.raw.age  # alpha=1: no smoothing
+    assert third.smoothed.age == third.raw.age  # alpha=1: no smoothing of any kind
     assert third.smoothed.gender.label == "male"
+
+
+def test_age_gets_more_certain_as_frames_arrive():
+    tracker = FaceTracker(alpha=0.3)
+    rng = np.random.default_rng(1)
+    stds = []
+    for _ in range(200):
+        (t,) = tracker.update([make_face(years=float(30 + rng.normal(0, 2)), std=5.0)])
+        stds.append(t.smoothed.age.std)
+    assert stds[0] == pytest.approx(5.0, rel=0.1)  # one frame: its own spread
+    assert all(b <= a + 1e-9 for a, b in zip(stds[1:], stds[2:]))  # never less certain than before
+    # 200 frames count as ~21 independent looks: the spread shrinks by about sqrt(21).
+    assert stds[-1] == pytest.approx(5.0 / math.sqrt(1 + FRAME_INDEPENDENCE * 199), rel=0.15)
+    assert t.smoothed.age.years == pytest.approx(30, abs=1.0)
+
+
+def test_frames_that_disagree_keep_the_estimate_uncertain():
+    calm, torn = FaceTracker(), FaceTracker()
+    for i in range(50):
+        (a,) = calm.update([make_face(years=30, std=3)])
+        (b,) = torn.update([make_face(years=20 if i % 2 else 45, std=3)])
+    assert b.smoothed.age.std > 3 * a.smoothed.age.std
+
+
+def test_poor_quality_frames_count_less():
+    good = FaceQuality(size=1.0, score=1.0, sharpness=1.0, frontal=1.0)
+    poor = FaceQuality(size=0.3, score=1.0, sharpness=0.2, frontal=0.5)  # small, blurred, turned away: 0.03
+    estimates = {}
+    for name, second in (("weighted", poor), ("control", good)):
+        tracker = FaceTracker()
+        for _ in range(20):
+            tracker.update([replace(make_face(years=30, p_female=0.9), quality=good)])
+            (t,) = tracker.update([replace(make_face(years=60, p_female=0.1), quality=second)])
+        estimates[name] = t.smoothed
+    # The poor frames say 60 and male; they barely move the estimate. Counted fully, they would pull the
+    # age past the middle (their spread, 4 years at 60, is the smaller one in log space).
+    assert estimates["weighted"].age.years < 34 and estimates["control"].age.years > 45
+    assert estimates["weighted"].gender.label == "female" and estimates["weighted"].gender.probability > 0.85
+    assert estimates["control"].gender.probability == pytest.approx(0.5)
 
 
 def test_labels_follow_the_averaged_values():
@@ -128,7 +179,9 @@ def test_smoothing_reduces_frame_to_frame_change():
     raw_tracker, smooth_tracker = FaceTracker(alpha=1.0), FaceTracker(alpha=0.3)
     raw_ages, smooth_ages, raw_happy, smooth_happy = [], [], [], []
     for _ in range(300):  # a still face whose predictions jitter from frame to frame
-        face = make_face(box, happy=float(rng.uniform(0.3, 0.7)), years=float(30 + rng.normal(0, 3)))
+        years = float(30 + rng.normal(0, 3))
+        # The age head's spread grows with the age it predicts (about 13% here).
+        face = make_face(box, happy=float(rng.uniform(0.3, 0.7)), years=years, std=0.13 * (1 + years))
         raw = raw_tracker.update([face])[0].smoothed
         smooth = smooth_tracker.update([face])[0].smoothed
         raw_ages.append(raw.age.years)

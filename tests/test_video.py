@@ -108,6 +108,10 @@ def test_one_track_persists_and_smoothing_steadies_age(done_job):
     smoothed = np.array([f["faces"][0]["age"]["years"] for f in with_face])
     raw = np.array([f["faces"][0]["raw"]["age"]["years"] for f in with_face])
     assert np.var(np.diff(smoothed)) < np.var(np.diff(raw))
+    # Age converges: the track's uncertainty shrinks as its frames arrive; each frame keeps its quality.
+    stds = [f["faces"][0]["age"]["std"] for f in with_face]
+    assert stds[-1] < stds[0]
+    assert 0 < face["quality"]["weight"] <= 1
 
 
 def test_csv_summary_and_thumbnail(done_job):
@@ -350,7 +354,8 @@ def test_progress_is_pushed_to_watchers(service, video_config, clip):
 
 
 def test_track_summary_memory_is_bounded_and_its_figures_exact():
-    """A long track keeps at most 2 * TIMELINE_POINTS timeline points, yet its means are over every frame."""
+    """A long track keeps at most 2 * TIMELINE_POINTS timeline points, yet its means are over every frame;
+    its age and gender are the track's combined estimate after the last frame (what ``smoothed`` says)."""
     from app.tracking import TrackedFace
     from app.video.processing import TIMELINE_POINTS, TrackStats
     from test_tracking import make_face
@@ -365,7 +370,10 @@ def test_track_summary_memory_is_bounded_and_its_figures_exact():
         assert len(stats.timeline) < 2 * TIMELINE_POINTS
     d = stats.to_dict()
     assert d["frames_analysed"] == n and (d["first_frame"], d["last_frame"]) == (0, n - 1)
-    assert d["age"] == {"mean": round(float(years.mean()), 1), "std": round(float(years.std()), 1)}
+    last = face.age
+    assert d["age"] == {"mean": round(last.years, 1), "std": round(last.std, 1), "group": last.group,
+                        "spread": round(float(years.std()), 1)}
+    assert d["gender"]["label"] == face.gender.label and d["gender"]["probability"] == round(face.gender.probability, 4)
     assert d["gender"]["female_frames"] == int((p_female >= 0.5).sum())
     assert d["gender"]["male_frames"] == n - d["gender"]["female_frames"]
     assert d["emotion"]["dominant"] == "happy" and d["emotion"]["mean_probabilities"]["happy"] == pytest.approx(0.6)

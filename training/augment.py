@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,3 +51,34 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     contrast = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1)
     brightness = uniform(-cfg.brightness, cfg.brightness).view(n, 1, 1, 1)
     return ((x - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class DegradeConfig:
+    """Served faces are often worse than a data set's: compressed webcam and video frames, small faces
+    enlarged. Each crop is JPEG-compressed with probability ``p`` (quality uniform in ``jpeg_quality``) and,
+    independently, shrunk and enlarged back with probability ``p`` (factor uniform in ``down_up``).
+    Applied to the uint8 crops before they become tensors; ``p = 0`` leaves them untouched."""
+
+    p: float = 0.0
+    jpeg_quality: tuple[int, int] = (20, 90)
+    down_up: tuple[float, float] = (1.3, 4.0)
+
+
+def degrade_batch(images: np.ndarray, cfg: DegradeConfig, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (N, S, S, C) -> a degraded copy (see :class:`DegradeConfig`); the input is not modified."""
+    if cfg.p <= 0:
+        return images
+    out = np.array(images, copy=True)
+    size, channels = images.shape[1], images.shape[3]
+    for i in range(len(out)):
+        im = out[i] if channels == 3 else out[i, ..., 0]
+        if rng.random() < cfg.p:
+            small = max(4, int(round(size / rng.uniform(*cfg.down_up))))
+            im = cv2.resize(cv2.resize(im, (small, small), interpolation=cv2.INTER_AREA), (size, size),
+                            interpolation=cv2.INTER_LINEAR)
+        if rng.random() < cfg.p:
+            ok, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(*cfg.jpeg_quality))])
+            im = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else im
+        out[i] = im if channels == 3 else im[..., None]
+    return out

@@ -13,8 +13,15 @@ file: it is derived from the research-only data), and training mixes them into t
 - age/gender: age-bin distribution = (1 - w) * Gaussian around the true age + w * ensemble age-bin
   probabilities, and the gender target = (1 - w) * label + w * ensemble P(female).
 
-Teachers are averaged in probability space; each teacher's own output is the mean of its logits on the
-crop and its mirror image (``training.engine.predict(..., tta=True)``). The ensemble's own metrics on every
+Teachers are averaged in probability space (``--weights`` for a weighted mean); each checkpoint teacher's own
+output is the mean of its logits on the crop and its mirror image (``training.engine.predict(..., tta=True)``).
+Outside teachers (``--external``) are pretrained nets run once by ``training/teachers/`` in their own
+environments, whose outputs are joined to the rows by file name or row number:
+
+- face-api.js (``training.teachers.faceapi``): emotion probabilities; an age in years, spread into bins as
+  a Gaussian of :data:`EXTERNAL_AGE_SIGMA`, and P(female);
+- Cydral's dlib nets (``training.teachers.dlib_age_gender``): an age distribution over 0.25, 1, ..., 80
+  years, moved into our one-year bins, and P(female). The ensemble's own metrics on every
 split (the training rows too: how far its targets are from the labels there) are printed and stored with
 the outputs, so a card can quote them.
 """
@@ -37,6 +44,7 @@ from training.tasks import TASKS, TaskData, gaussian_age_targets, labels_for, lo
 log = logging.getLogger("training.distill")
 
 TEACHER_FORMAT = "faceapp-teacher-outputs"
+EXTERNAL_AGE_SIGMA = 4.0  # years: how a teacher's single age becomes a distribution over the bins
 
 
 @dataclass
@@ -79,22 +87,79 @@ def probs_as_outputs(task: str, probs: torch.Tensor) -> torch.Tensor:
     return torch.cat([age.clamp_min(1e-12).log(), torch.logit(female)[:, None]], 1)
 
 
-def run_teachers(data: TaskData, paths: list[str], device: torch.device) -> TeacherOutputs:
-    outputs, teachers = [], []
+def row_keys(data: TaskData) -> list[str]:
+    """How outside teachers name the rows: UTKFace file names, FER2013 ``row:<i>`` in file order."""
+    if data.task == "age_gender":
+        return [str(n) for n in data.extra["names"]]
+    return [f"row:{i}" for i in range(len(data.targets))]
+
+
+def external_probs(data: TaskData, path: str | Path) -> tuple[torch.Tensor, dict]:
+    """An outside teacher's saved outputs for every row of ``data``, as probabilities in the layout of
+    :func:`ensemble_probs`; raises when a row has no output."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop("meta").tobytes().decode()) if "meta" in arrays else {}
+    keys = arrays.get("keys", arrays.get("names"))
+    if keys is None:
+        raise ValueError(f"{path}: no keys/names: not a training/teachers output")
+    where = {str(k): i for i, k in enumerate(keys.tolist())}
+    try:
+        rows = np.array([where[k] for k in row_keys(data)])
+    except KeyError as exc:
+        raise ValueError(f"{path} has no output for row {exc.args[0]!r} of this data: run the teacher on the "
+                         f"same data set") from None
+    if data.task == "emotion":
+        if "emotion" not in arrays or not np.any(arrays["emotion"]):
+            raise ValueError(f"{path} holds no emotion outputs")
+        probs = torch.from_numpy(arrays["emotion"][rows].astype(np.float32))
+        return probs / probs.sum(1, keepdim=True), meta
+    bins = labels_for("age_gender")["max_age"] + 1
+    if "age_probs" in arrays:  # a distribution over the teacher's own age classes
+        years = np.clip(np.rint(arrays["age_years"]), 0, bins - 1).astype(np.int64)
+        age = np.zeros((len(rows), bins), np.float32)
+        np.add.at(age.T, years, arrays["age_probs"][rows].astype(np.float32).T)
+        age = torch.from_numpy(age)
+    elif "age" in arrays:  # one age per face
+        age = gaussian_age_targets(torch.from_numpy(arrays["age"][rows].astype(np.float32)), bins,
+                                   sigma=EXTERNAL_AGE_SIGMA)
+    else:
+        raise ValueError(f"{path} holds no age outputs")
+    female = torch.from_numpy(arrays["p_female"][rows].astype(np.float32))[:, None]
+    return torch.cat([age / age.sum(1, keepdim=True), female], 1), meta
+
+
+def run_teachers(data: TaskData, paths: list[str], device: torch.device, external: list[str] = (),
+                 weights: list[float] | None = None) -> TeacherOutputs:
+    """Every teacher over every row, then their (weighted) mean in probability space."""
+    n = len(paths) + len(external)
+    weights = [1.0] * n if not weights else [float(w) for w in weights]
+    if len(weights) != n or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"--weights needs {n} non-negative numbers (checkpoints first, then --external)")
+    probs_list, teachers = [], []
     for path in paths:
         loaded = load_checkpoint(path, data.task, map_location=device)
         card, model = loaded.card, loaded.model.float().to(device)
         if json.dumps(card.labels) != json.dumps(labels_for(data.task)):
             raise ValueError(f"{path}: labels {card.labels} are not this project's {labels_for(data.task)}")
         out = predict(model, fit_to(data.images, card.preprocess), card.preprocess, device, tta=True)
-        outputs.append(out)
+        probs_list.append(ensemble_probs(data.task, [out]))
         teachers.append({"checkpoint": str(path), "arch": card.arch, "metrics": card.metrics})
         log.info("teacher %s (%s): %s", path, card.arch,
                  {s: _short(split_metrics(data, out[data.splits[s]], s)) for s in _scored(data)})
-    probs = ensemble_probs(data.task, outputs)
+    for path in external:
+        probs, meta = external_probs(data, path)
+        probs_list.append(probs)
+        as_out = probs_as_outputs(data.task, probs)
+        metrics = {s: _short(split_metrics(data, as_out[data.splits[s]], s)) for s in _scored(data)}
+        teachers.append({"external": str(path), **meta, "own_metrics": metrics})
+        log.info("outside teacher %s (%s): %s", path, meta.get("teacher", "?"), metrics)
+    for t, w in zip(teachers, weights):
+        t["weight"] = w
+    probs = sum(w * p for w, p in zip(weights, probs_list)) / sum(weights)
     as_out = probs_as_outputs(data.task, probs)
     metrics = {s: _short(split_metrics(data, as_out[data.splits[s]], s)) for s in _scored(data)}
-    log.info("ensemble of %d: %s", len(paths), metrics)
+    log.info("ensemble of %d: %s", n, metrics)
     return TeacherOutputs(data.task, probs.numpy().astype(np.float32), teachers, data_identity(data), metrics)
 
 
@@ -159,7 +224,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.distill", description=__doc__.split("\n\n")[0])
     p.add_argument("task", choices=TASKS)
     p.add_argument("--data", required=True, help="the same --data the student will train on")
-    p.add_argument("--teachers", nargs="+", required=True, metavar="CHECKPOINT")
+    p.add_argument("--teachers", nargs="*", default=[], metavar="CHECKPOINT")
+    p.add_argument("--external", nargs="*", default=[], metavar="NPZ",
+                   help="outside teachers' outputs (python -m training.teachers.faceapi / .dlib_age_gender)")
+    p.add_argument("--weights", nargs="*", type=float, default=None,
+                   help="one weight per teacher, checkpoints first, then --external (default: equal)")
     p.add_argument("--out", required=True, help="e.g. .cache/teachers/emotion.npz (git-ignored)")
     p.add_argument("--seed", type=int, default=0, help="UTKFace split seed (the student's --seed)")
     p.add_argument("--threads", type=int, default=None)
@@ -173,11 +242,13 @@ def main(argv: list[str] | None = None) -> TeacherOutputs:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if a.threads:
         torch.set_num_threads(a.threads)
+    if not a.teachers and not a.external:
+        raise SystemExit("give --teachers and/or --external")
     data = load_task_data(a.task, a.data, seed=a.seed, cache_dir=a.cache_dir)
-    outputs = run_teachers(data, a.teachers, resolve_device(a.device))
+    outputs = run_teachers(data, a.teachers, resolve_device(a.device), a.external, a.weights)
     path = save_teacher_outputs(outputs, a.out)
     print(json.dumps({"out": str(path), "ensemble": outputs.metrics,
-                      "teachers": {t["checkpoint"]: t["arch"] for t in outputs.teachers}}, indent=2))
+                      "teachers": [t.get("checkpoint") or t.get("external") for t in outputs.teachers]}, indent=2))
     return outputs
 
 

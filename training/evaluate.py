@@ -3,10 +3,13 @@
     python -m training.evaluate emotion --data ../shared/data/fer2013 --split PrivateTest [--tta]
     python -m training.evaluate age_gender --data ../shared/data/utkface/UTKFace --split test
 
-Emotion: accuracy, macro-F1, per-class precision / recall / F1 and a confusion-matrix PNG; ``--tta`` adds
-the horizontal-flip-averaged figures, reported separately. Age/gender: MAE, CS@5, MAE per age band,
-gender accuracy, and both per gender and per race as a markdown fairness table. Results are printed and
-written to ``--out`` (JSON, PNG, markdown).
+Emotion: accuracy, balanced accuracy (mean recall), macro-F1, per-class precision / recall / F1, a
+confusion-matrix PNG and, when ``fer2013new.csv`` lies beside the CSV, accuracy against the FER+
+annotators' majority vote; ``--tta`` adds the horizontal-flip-averaged figures, reported separately.
+Age/gender: MAE, CS@5, gender accuracy, and each per age band, per gender and per race, with adults
+(18-70) as a line of their own, as a markdown fairness table. ``--robustness`` adds a table of the same
+faces degraded (JPEG, down-up scaling, rotation, shift, grey; ``training/robustness.py``). Results are
+printed and written to ``--out`` (JSON, PNG, markdown).
 
 The UTKFace split is rebuilt with the seed recorded in the checkpoint, so ``test`` is the same images the
 training run held out.
@@ -23,6 +26,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.emotion import EMOTION_CLASSES
+from training import metrics as M
 from training.engine import fit_to, predict, resolve_device
 from training.tasks import TASKS, load_task_data, split_metrics
 from training.train import plain
@@ -46,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--robustness", action="store_true",
+                   help="also score the split's faces after each corruption of training/robustness.py")
     a = p.parse_args(argv)
     a.split = a.split or ("PrivateTest" if a.task == "emotion" else "test")
     a.weights = a.weights or DEFAULT_WEIGHTS[a.task]
@@ -96,14 +102,69 @@ def _pct(g: dict) -> str:
 
 
 def fairness_table(m: dict) -> str:
-    """Markdown: age MAE, CS@5 and gender accuracy per gender, per race and per age band."""
+    """Markdown: age MAE, CS@5 and gender accuracy per gender, per race and per age band; adults apart."""
     rows = ["| group | n | age MAE (years) | CS@5 | gender accuracy |", "|---|---:|---:|---:|---:|",
             f"| all | {m['n']} | {m['mae']:.2f} | {100 * m['cs5']:.1f}% | {100 * m['gender_accuracy']:.1f}% |"]
+    if "adults" in m:
+        ad = m["adults"]
+        rows.append(f"| adults {ad['ages'][0]}-{ad['ages'][1]} | {ad['n']} | {ad['mae']:.2f} | | "
+                    f"{100 * ad['gender_accuracy']:.1f}% |")
     for kind, suffix in (("gender", "gender"), ("race", "race"), ("age", "age_band")):
         for group, g in m.get(f"mae_by_{suffix}", {}).items():
             cs5, acc = m[f"cs5_by_{suffix}"][group], m[f"gender_accuracy_by_{suffix}"][group]
             rows.append(f"| {kind}: {group} | {g['n']} | {_fmt(g, '.2f')} | {_pct(cs5)} | {_pct(acc)} |")
     return "\n".join(rows)
+
+
+def ferplus_majority(data_path: str, task_data, split: str, cache_dir: str | None = None) -> np.ndarray | None:
+    """FER+ majority-vote class per row of ``split`` (-1: no single majority), or None without FER+ votes."""
+    from training.data.fer2013 import FERPLUS_NAME, find_csv, load_fer2013
+    from training.pack import is_pack
+
+    if is_pack(data_path) or not (find_csv(data_path).parent / FERPLUS_NAME).is_file():
+        return None
+    fer = load_fer2013(data_path, ferplus=True, **({} if cache_dir is None else {"cache_dir": cache_dir}))
+    if len(fer) != len(task_data.targets):
+        raise SystemExit(f"FER+ votes hold {len(fer)} rows, the data {len(task_data.targets)}")
+    return M.majority_labels(fer.votes[task_data.splits[split]])
+
+
+def robustness_table(rows: list[dict], task: str) -> str:
+    if task == "emotion":
+        lines = ["| faces | accuracy | change (points) | balanced accuracy | within 5 points |",
+                 "|---|---:|---:|---:|---|"]
+        for r in rows:
+            lines.append(f"| {r['corruption']} | {100 * r['accuracy']:.2f}% | {r['delta_points']:+.2f} | "
+                         f"{100 * r['balanced_accuracy']:.2f}% | {r['verdict']} |")
+    else:
+        lines = ["| faces | age MAE (years) | change | gender accuracy | change (points) | gender within 5 points |",
+                 "|---|---:|---:|---:|---:|---|"]
+        for r in rows:
+            lines.append(f"| {r['corruption']} | {r['mae']:.2f} | {r['delta_mae']:+.2f} | "
+                         f"{100 * r['gender_accuracy']:.2f}% | {r['delta_points']:+.2f} | {r['verdict']} |")
+    return "\n".join(lines)
+
+
+def run_robustness(model, card, data, split: str, device, clean: dict) -> list[dict]:
+    """Each corruption of ``training.robustness.CORRUPTIONS`` applied to the split's crops, scored plain."""
+    from training.robustness import CORRUPTIONS, TOLERANCE_POINTS, applicable
+
+    raw = data.images[data.splits[split]]
+    key = "accuracy" if data.task == "emotion" else "gender_accuracy"
+    rows = [{"corruption": "clean", **{k: clean[k] for k in clean if not isinstance(clean[k], (dict, list))},
+             "delta_points": 0.0, "delta_mae": 0.0, "verdict": "-"}]
+    for name, corrupt in CORRUPTIONS.items():
+        if not applicable(name, raw.shape[3]):
+            continue
+        outputs = predict(model, fit_to(corrupt(raw), card.preprocess), card.preprocess, device)
+        m = split_metrics(data, outputs, split)
+        delta = 100 * (m[key] - clean[key])
+        row = {"corruption": name, **m, "delta_points": delta, "verdict": "yes" if delta >= -TOLERANCE_POINTS else "**no**"}
+        if data.task == "age_gender":
+            row["delta_mae"] = m["mae"] - clean["mae"]
+        rows.append(row)
+        log.info("robustness %s: %s", name, {k: round(float(v), 4) for k, v in m.items()})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -129,9 +190,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     results: dict = {"task": a.task, "split": a.split, "weights": str(a.weights), "n": int(len(images))}
     variants = [("plain", False)] + ([("tta", True)] if a.tta else [])
+    majority = ferplus_majority(a.data, data, a.split, a.cache_dir) if a.task == "emotion" else None
     for name, tta in variants:
         outputs = predict(model, images, card.preprocess, device, tta=tta)
         results[name] = split_metrics(data, outputs, a.split, full=True)
+        if majority is not None:
+            known = majority >= 0
+            pred = outputs.argmax(1).numpy()
+            results[name]["ferplus_majority"] = {"accuracy": M.accuracy(majority[known], pred[known]),
+                                                 "n": int(known.sum())}
+    if a.robustness:
+        results["robustness"] = run_robustness(model, card, data, a.split, device, results["plain"])
 
     if a.task == "emotion":
         for name, _ in variants:
@@ -141,7 +210,11 @@ def main(argv: list[str] | None = None) -> dict:
             save_confusion_png(np.asarray(r["confusion_matrix"]), EMOTION_CLASSES, png,
                                f"{Path(a.weights).name} on FER2013 {a.split} ({label})\n"
                                f"accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}")
-            print(f"\n{a.split} {label}: accuracy {r['accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  (n={r['n']})")
+            print(f"\n{a.split} {label}: accuracy {r['accuracy']:.4f}  balanced accuracy "
+                  f"{r['balanced_accuracy']:.4f}  macro-F1 {r['macro_f1']:.4f}  (n={r['n']})")
+            if "ferplus_majority" in r:
+                fm = r["ferplus_majority"]
+                print(f"FER+ majority vote accuracy {fm['accuracy']:.4f} (n={fm['n']}: rows with one majority class)")
             print(emotion_table(r))
             print(f"confusion matrix: {png}")
     else:
@@ -152,9 +225,16 @@ def main(argv: list[str] | None = None) -> dict:
             md = a.out / f"fairness_{a.split}{'_tta' if name == 'tta' else ''}.md"
             md.write_text(f"UTKFace {a.split} ({label}), {Path(a.weights).name}\n\n{table}\n")
             print(f"\n{a.split} {label}: MAE {r['mae']:.2f}  CS@5 {r['cs5']:.3f}  "
-                  f"gender accuracy {r['gender_accuracy']:.4f}  (n={r['n']})")
+                  f"gender accuracy {r['gender_accuracy']:.4f}  (n={r['n']}); adults {r['adults']['ages'][0]}-"
+                  f"{r['adults']['ages'][1]}: MAE {r['adults']['mae']:.2f}  gender accuracy "
+                  f"{r['adults']['gender_accuracy']:.4f}  (n={r['adults']['n']})")
             print(table)
             print(f"fairness table: {md}")
+    if a.robustness:
+        table = robustness_table(results["robustness"], a.task)
+        md = a.out / f"robustness_{a.split}.md"
+        md.write_text(f"{a.split}, {Path(a.weights).name}, single crop\n\n{table}\n")
+        print(f"\nrobustness ({a.split}, single crop):\n{table}\nrobustness table: {md}")
     results = plain(results)
     (a.out / f"results_{a.split}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {a.out / f'results_{a.split}.json'}")

@@ -1,6 +1,7 @@
 """Evaluation metrics, pure numpy (no torch, no sklearn), so they are easy to check by hand.
 
-Classification: accuracy, confusion matrix, per-class precision / recall / F1, macro-F1.
+Classification: accuracy, balanced accuracy, confusion matrix, per-class precision / recall / F1, macro-F1,
+majority labels from annotators' votes (FER+).
 Age regression: mean absolute error (MAE) and cumulative score CS@k (share of errors <= k years).
 Grouped: any metric per group (age band, gender, race) for the fairness tables.
 """
@@ -51,12 +52,33 @@ def macro_f1(cm: np.ndarray) -> float:
     return float(per_class_scores(cm)["f1"].mean())
 
 
+def balanced_accuracy(cm: np.ndarray) -> float:
+    """Mean recall over the classes that occur: what accuracy would be if every class were equally common."""
+    scores = per_class_scores(cm)
+    present = scores["support"] > 0
+    return float(scores["recall"][present].mean()) if present.any() else float("nan")
+
+
+def majority_labels(votes: np.ndarray) -> np.ndarray:
+    """Annotators' vote counts (N, K) -> the class with the most votes, or -1 where none or a tie.
+
+    Used for FER+: a row whose votes all went elsewhere (contempt, unknown, not a face) has no label,
+    and a tie has no single majority, so both are left out of majority-vote accuracy.
+    """
+    votes = np.asarray(votes, dtype=np.float64)
+    top = votes.max(1, keepdims=True)
+    unique = (votes == top).sum(1) == 1
+    return np.where(unique & (top[:, 0] > 0), votes.argmax(1), -1)
+
+
 def classification_report(y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]) -> dict:
-    """Accuracy, macro-F1, per-class P/R/F1 and the confusion matrix, as plain JSON-able values."""
+    """Accuracy, balanced accuracy, macro-F1, per-class P/R/F1 and the confusion matrix, as plain
+    JSON-able values."""
     cm = confusion_matrix(y_true, y_pred, len(class_names))
     scores = per_class_scores(cm)
     return {
         "accuracy": accuracy(y_true, y_pred),
+        "balanced_accuracy": balanced_accuracy(cm),
         "macro_f1": macro_f1(cm),
         "per_class": {name: {k: (int(v[i]) if k == "support" else float(v[i])) for k, v in scores.items()}
                       for i, name in enumerate(class_names)},

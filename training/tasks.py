@@ -25,6 +25,7 @@ TASKS = ("emotion", "age_gender")
 AGE_SIGMA = 2.5  # years: width of the Gaussian label distribution around the true age
 AGE_L1_WEIGHT = 0.05  # small L1 on the expected age sharpens the mean without fighting the distribution
 GENDER_WEIGHT = 1.0
+ADULTS = (18, 70)  # years, inclusive: the "adults" line of the age/gender figures
 
 
 @dataclass
@@ -158,7 +159,7 @@ def _age_gender_data(utk: UtkData, seed: int) -> TaskData:
                                    "numpy default_rng(seed).permutation, 80/10/10"},
         # Native 200 px files: the template is measured where MTCNN sees a full-resolution face.
         load_for_template=lambda i: read_rgb(folder / names[i]), template_upscale=1,
-        extra={"ages": utk.ages, "races": utk.races},
+        extra={"ages": utk.ages, "races": utk.races, "names": utk.names},
     )
 
 
@@ -206,12 +207,12 @@ def loss_fn(task: str, label_smoothing: float = 0.1) -> Callable[[torch.Tensor, 
 
 # -- metrics ------------------------------------------------------------------------------------------
 def emotion_metrics(logits: torch.Tensor, labels: np.ndarray, full: bool = False) -> dict:
-    """Accuracy and macro-F1 (``full``: plus per-class scores and the confusion matrix)."""
+    """Accuracy, balanced accuracy and macro-F1 (``full``: plus per-class scores and the confusion matrix)."""
     pred = logits.argmax(1).cpu().numpy()
     report = M.classification_report(labels, pred, EMOTION_CLASSES)
     if full:
         return report
-    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "n": report["n"]}
+    return {k: report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "n")}
 
 
 def age_gender_metrics(outputs: torch.Tensor, ages: np.ndarray, genders: np.ndarray,
@@ -233,6 +234,9 @@ def age_gender_metrics(outputs: torch.Tensor, ages: np.ndarray, genders: np.ndar
     out["mae_by_age_band"] = M.grouped(M.mae, true_age, age_pred, bands, band_names)
     out["cs5_by_age_band"] = M.grouped(M.cumulative_score, true_age, age_pred, bands, band_names)
     out["gender_accuracy_by_age_band"] = M.grouped(M.accuracy, genders, gender_pred, bands, band_names)
+    adults = (ages >= ADULTS[0]) & (ages <= ADULTS[1])  # the faces the app mostly serves, as their own line
+    out["adults"] = {"ages": list(ADULTS), "n": int(adults.sum()), "mae": M.mae(true_age[adults], age_pred[adults]),
+                     "gender_accuracy": M.accuracy(genders[adults], gender_pred[adults])}
     gnames = np.asarray(GENDER_CLASSES)[genders]
     out["mae_by_gender"] = M.grouped(M.mae, true_age, age_pred, gnames, GENDER_CLASSES)
     out["cs5_by_gender"] = M.grouped(M.cumulative_score, true_age, age_pred, gnames, GENDER_CLASSES)

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from models.checkpoint import ModelCard, atomic_torch_save, save_checkpoint
 from models.registry import create_model
-from training.augment import AugmentConfig
+from training.augment import AugmentConfig, DegradeConfig, degrade_batch
 from training.engine import (autocast_for, cpu_name, fit_to, make_batch, memory_format_for, predict, resolve_device,
                              seed_everything)
 from training.tasks import (ARCHS, SELECTION_RULES, TASKS, TaskData, labels_for, load_task_data, loss_fn, recipe_for,
@@ -75,6 +75,7 @@ class TrainConfig:
     init: str | None = None  # start from this shipped checkpoint's weights and landmark template
     teacher: str | None = None  # teacher outputs (python -m training.distill) mixed into the targets
     teacher_weight: float = 0.5  # their share of the targets, with --teacher
+    degrade: float = 0.0  # probability of JPEG and of down-up degradation per crop (training.augment.DegradeConfig)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -112,7 +113,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         "the targets")
     p.add_argument("--teacher-weight", type=float, default=TrainConfig.teacher_weight, metavar="W",
                    help="share of the teacher in the targets, in [0, 1] (default %(default)s)")
+    p.add_argument("--degrade", type=float, default=TrainConfig.degrade, metavar="P",
+                   help="JPEG-compress, and separately shrink and enlarge back, each training crop with "
+                        "probability P (serving-like degradation; default %(default)s)")
     a = p.parse_args(argv)
+    if not 0.0 <= a.degrade <= 1.0:
+        p.error("--degrade must lie in [0, 1]")
     if not 0.0 <= a.ferplus <= 1.0:
         p.error("--ferplus must lie in [0, 1]")
     if not 0.0 <= a.teacher_weight <= 1.0:
@@ -169,10 +175,12 @@ def train_one_epoch(model: nn.Module, data: TaskData, rows: np.ndarray, cfg: Tra
     model.train()
     criterion = loss_fn(data.task, cfg.label_smoothing)
     augment = AugmentConfig()
+    degrade = DegradeConfig(p=cfg.degrade)
     # Order and augmentation come from a generator seeded by (seed, epoch), so a resumed run sees exactly
     # the batches an uninterrupted one would have.
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     order = rows[torch.randperm(len(rows), generator=gen).numpy()]
+    degrade_rng = np.random.default_rng(cfg.seed * 100_003 + epoch)
     steps = batches_per_epoch(len(order), cfg.batch_size)
     interactive = sys.stderr.isatty()
     total, count = 0.0, 0
@@ -180,7 +188,7 @@ def train_one_epoch(model: nn.Module, data: TaskData, rows: np.ndarray, cfg: Tra
               mininterval=0.5 if interactive else 60, disable=None if interactive else False) as bar:
         for step in range(steps):
             idx = np.sort(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])  # sorted: faster gather
-            x = make_batch(data.images[idx], preprocess, device, augment, gen)
+            x = make_batch(degrade_batch(data.images[idx], degrade, degrade_rng), preprocess, device, augment, gen)
             y = torch.from_numpy(data.targets[idx]).to(device, non_blocking=True)
             with autocast_for(device):
                 loss = criterion(model(x), y)
@@ -393,6 +401,7 @@ def main(argv: list[str] | None = None) -> Path:
         "history": history,
         "template": template.to_dict(),
         "augment": asdict(AugmentConfig()),
+        "degrade": asdict(DegradeConfig(p=cfg.degrade)),
         "imagenet_init": recipe.imagenet_init and not cfg.init,
         "teacher": None if teacher is None else {"file": cfg.teacher, "weight": cfg.teacher_weight,
                                                  "teachers": teacher.teachers, "ensemble_metrics": teacher.metrics},

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.inference.quality import FaceQuality
 
 AGE_GROUPS: tuple[tuple[str, int, int], ...] = (
     ("child", 0, 12),
@@ -37,7 +41,9 @@ class Emotion:
 @dataclass
 class Age:
     years: float
-    std: float  # spread of the predicted age distribution, shown as "34 ± 4"
+    # One frame: the spread of the predicted age distribution. A tracked face (video, live): the
+    # uncertainty of the track's combined estimate, which shrinks as frames arrive. Shown as "34 ± 4".
+    std: float
     group: str
 
     def to_dict(self) -> dict:
@@ -80,6 +86,7 @@ class Face:
     age: Age
     gender: Gender
     track_id: int | None = None
+    quality: "FaceQuality | None" = None  # how much this sighting counts in a track's age and gender
 
     def to_dict(self) -> dict:
         d = {
@@ -90,6 +97,8 @@ class Face:
             "age": self.age.to_dict(),
             "gender": self.gender.to_dict(),
         }
+        if self.quality is not None:
+            d["quality"] = self.quality.to_dict()
         if self.track_id is not None:
             d["track_id"] = self.track_id
         return d

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from app.inference.batching import MicroBatcher
+from app.inference.quality import assess
 from app.inference.results import Age, Analysis, Emotion, Face, FacePrediction, Gender, age_group
 from models.age_gender import decode_age_gender
 from models.checkpoint import LoadedModel, load_checkpoint
@@ -66,10 +67,11 @@ def reading_order(detections: list[Detection]) -> list[Detection]:
     return [d for row in rows for d in sorted(row, key=lambda d: float(d.box[0]))]
 
 
-def _face(detection: Detection, prediction: FacePrediction) -> Face:
-    return Face(box=tuple(float(v) for v in detection.box), score=detection.score,
-                landmarks=[(float(x), float(y)) for x, y in detection.landmarks],
-                emotion=prediction.emotion, age=prediction.age, gender=prediction.gender)
+def _face(detection: Detection, prediction: FacePrediction, job: "_FaceJob") -> Face:
+    box = tuple(float(v) for v in detection.box)
+    return Face(box=box, score=detection.score, landmarks=[(float(x), float(y)) for x, y in detection.landmarks],
+                emotion=prediction.emotion, age=prediction.age, gender=prediction.gender,
+                quality=assess(box, detection.score, detection.landmarks, job.age_gender_crop))
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,7 @@ class InferenceService:
             timings["align"] = 0.0
             timings["models"] = (t2 - t1) * 1000
             faces = [Face(box=(0.0, 0.0, float(w), float(h)), score=1.0, landmarks=[], emotion=pred.emotion,
-                          age=pred.age, gender=pred.gender)]
+                          age=pred.age, gender=pred.gender)]  # a given crop: no quality to judge
         timings["total"] = (time.perf_counter() - t0) * 1000
         return Analysis(width=w, height=h, faces=faces, timings_ms=timings)
 
@@ -247,7 +249,7 @@ class InferenceService:
         if timings is not None:
             timings["align"] = (t1 - t0) * 1000
             timings["models"] = (t2 - t1) * 1000
-        return [_face(d, p) for d, p in zip(detections, preds)]
+        return [_face(d, p, j) for d, p, j in zip(detections, preds, jobs)]
 
     def analyze_many(self, images: Sequence[np.ndarray],
                      detections: Sequence[Sequence[Detection]]) -> list[list[Face]]:
@@ -255,8 +257,8 @@ class InferenceService:
         submitted before any answer is awaited, so faces of different frames share batches."""
         jobs = [self._job_from_landmarks(image, d.landmarks)
                 for image, found in zip(images, detections) for d in found]
-        preds = iter([f.result() for f in self._batcher.submit_many(jobs)])
-        return [[_face(d, next(preds)) for d in found] for found in detections]
+        answers = iter(zip([f.result() for f in self._batcher.submit_many(jobs)], jobs))
+        return [[_face(d, *next(answers)) for d in found] for found in detections]
 
     def close(self) -> None:
         self._detector.close()

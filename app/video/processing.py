@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from app.inference.keyframes import KeyframeDetector
+from app.inference.results import Face
 from app.tracking import FaceTracker, TrackedFace
 from app.video.jobs import JobCancelled, VideoJob
 
@@ -40,23 +41,23 @@ class TrackStats:
     thumbnail: np.ndarray | None = None
     frames: int = 0
     prob_sums: dict[str, float] = field(default_factory=dict)
-    age_sum: float = 0.0
-    age_sq_sum: float = 0.0  # with age_sum: the standard deviation over the track
-    p_female_sum: float = 0.0
-    female_frames: int = 0
+    raw_age_sum: float = 0.0
+    raw_age_sq_sum: float = 0.0  # with raw_age_sum: how much the frames' own ages spread
+    female_frames: int = 0  # frames whose own gender was female
+    latest: Face | None = None  # the track's combined age and gender after its last frame
     timeline: list[dict] = field(default_factory=list)
     timeline_stride: int = 1
     last_point: dict | None = None  # the newest frame's point: the timeline always ends at the track's end
 
     def add(self, frame_index: int, time_s: float, image: np.ndarray, tracked: TrackedFace) -> None:
-        face = tracked.smoothed
+        face, raw = tracked.smoothed, tracked.raw
         self.last_frame = frame_index
         for name, p in face.emotion.probabilities.items():
             self.prob_sums[name] = self.prob_sums.get(name, 0.0) + p
-        self.age_sum += face.age.years
-        self.age_sq_sum += face.age.years ** 2
-        self.p_female_sum += face.gender.p_female
-        self.female_frames += face.gender.p_female >= 0.5
+        self.raw_age_sum += raw.age.years
+        self.raw_age_sq_sum += raw.age.years ** 2
+        self.female_frames += raw.gender.p_female >= 0.5
+        self.latest = face
         point = {"frame": frame_index, "time_s": round(time_s, 3),
                  "probabilities": {k: round(v, 4) for k, v in face.emotion.probabilities.items()}}
         if self.frames % self.timeline_stride == 0:
@@ -73,10 +74,9 @@ class TrackStats:
     def to_dict(self) -> dict:
         n = self.frames
         means = {k: v / max(1, n) for k, v in self.prob_sums.items()}
-        p_female = self.p_female_sum / n if n else 0.5
-        gender = "female" if p_female >= 0.5 else "male"
-        age_mean = self.age_sum / n if n else None
-        age_std = float(np.sqrt(max(0.0, self.age_sq_sum / n - age_mean ** 2))) if n else None
+        raw_mean = self.raw_age_sum / n if n else 0.0
+        spread = float(np.sqrt(max(0.0, self.raw_age_sq_sum / n - raw_mean ** 2))) if n else None
+        age, gender = (self.latest.age, self.latest.gender) if self.latest is not None else (None, None)
         points = self.timeline
         if self.last_point is not None and points[-1]["frame"] != self.last_point["frame"]:
             points = [*points, self.last_point]
@@ -90,9 +90,12 @@ class TrackStats:
             "thumbnail": f"tracks/{self.track_id}.jpg",
             "emotion": {"dominant": max(means, key=means.get) if means else None,
                         "mean_probabilities": {k: round(v, 4) for k, v in means.items()}},
-            "age": {"mean": round(age_mean, 1) if n else None, "std": round(age_std, 1) if n else None},
-            # Majority of frames, and the mean confidence of that label over the track.
-            "gender": {"label": gender, "probability": round(p_female if gender == "female" else 1 - p_female, 4),
+            # The track's combined estimate (app/tracking.py: TraitEstimate) and its uncertainty; "spread":
+            # how much the frames' own estimates scattered around it.
+            "age": {"mean": round(age.years, 1) if age else None, "std": round(age.std, 1) if age else None,
+                    "group": age.group if age else None, "spread": round(spread, 1) if n else None},
+            "gender": {"label": gender.label if gender else None,
+                       "probability": round(gender.probability, 4) if gender else None,
                        "female_frames": self.female_frames, "male_frames": n - self.female_frames},
             "timeline": [points[i] for i in keep],
         }
