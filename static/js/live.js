@@ -58,6 +58,7 @@ const state = {
   fps: null,
   serverMs: null,
   message: null, // the status line's text, if one is shown
+  layout: null, // what the overlay drew where: {boxes, tags, panels} in CSS pixels of the canvas
 };
 window.__liveState = state;
 
@@ -114,7 +115,6 @@ function setPhase(phase) {
   ui.stop.disabled = !running;
   ui.snapshot.disabled = phase !== 'streaming';
   ui.placeholder.hidden = phase === 'streaming';
-  ui.hud.hidden = phase !== 'streaming';
 }
 
 /* ---------- Smoothing control ---------- */
@@ -148,9 +148,11 @@ function drawOverlay() {
   const context = canvas.getContext('2d');
   context.setTransform(1, 0, 0, 1, 0, 0);
   context.clearRect(0, 0, canvas.width, canvas.height);
+  state.layout = null;
   if (!state.frame || width === 0) return;
   context.setTransform(ratio, 0, 0, ratio, 0, 0);
-  drawFaces(context, state.faces, { scale: width / state.frame.width, unit: 1, width, height }, shownExtras());
+  state.layout = drawFaces(context, state.faces, { scale: width / state.frame.width, unit: 1, width, height },
+    shownExtras());
 }
 
 function formatMs(ms) {

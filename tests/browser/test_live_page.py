@@ -17,6 +17,7 @@ from PIL import Image
 from app import create_app
 from app.live.namespace import NAMESPACE
 from browser.conftest import DESKTOP_VIEWPORT, launch_chromium
+from browser.layout import VIEWPORTS, Rect, overlaps_between
 from helpers import TestConfig
 from helpers import ASTRONAUT_FACE, box_iou
 from serving import serve
@@ -216,3 +217,51 @@ def test_a_busy_server_and_a_lost_connection_are_shown_and_recovered(page, one_c
     history = page.evaluate("() => window.__badgeHistory")
     assert history[:3] == ["Not connected", "Connecting…", "Server busy"], history
     assert history[-3:] == ["Connected", "Reconnecting…", "Connected"], history
+
+
+LIVE_LAYOUT_JS = """() => {
+  const rect = (e) => { const r = e.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; };
+  return {canvas: rect(document.getElementById('overlay')), stage: rect(document.getElementById('stage')),
+          hud: rect(document.getElementById('hud')), main: rect(document.querySelector('.live')),
+          footer: rect(document.querySelector('footer')), drawn: window.__liveState.layout};
+}"""
+
+
+@pytest.mark.parametrize("viewport", ["desktop", "phone"])
+def test_overlays_cover_no_face_nor_each_other(page, live_server, artifacts_dir, viewport):
+    page.set_viewport_size(VIEWPORTS[viewport])
+    open_live_page(page, live_server)
+    before = page.evaluate(LIVE_LAYOUT_JS)
+    page.get_by_label("Landmarks").check()
+    page.get_by_label("Emotion bars").check()
+    page.get_by_role("button", name="Start").click()
+    wait_for_faces(page, 1)
+    wait_for_faces(page, 1, live_state(page)["answered"])  # drawn at the stage's streaming size
+    layout = page.evaluate(LIVE_LAYOUT_JS)
+    page.screenshot(path=artifacts_dir / f"live-layout-{viewport}.png")
+
+    canvas = Rect.of(layout["canvas"])
+    drawn = layout["drawn"]
+    assert len(drawn["boxes"]) == 1 and len(drawn["tags"]) == 1 and len(drawn["panels"]) == 1
+
+    def on_page(d):  # canvas units are CSS pixels from the canvas's corner
+        return Rect(canvas.x + d["x"], canvas.y + d["y"], d["width"], d["height"])
+
+    faces = {f"face {i + 1}": on_page(b) for i, b in enumerate(drawn["boxes"])}
+    labels = {**{f"tag {i + 1}": on_page(t) for i, t in enumerate(drawn["tags"])},
+              **{f"emotion bars {i + 1}": on_page(p) for i, p in enumerate(drawn["panels"])}}
+    assert all(label.inside(canvas) for label in labels.values()), (labels, canvas)
+    hud = Rect.of(layout["hud"])
+    assert hud.width > 0 and hud.overlap(canvas) == 0, (hud, canvas)  # the readout sits under the video
+    problems = overlaps_between(labels, faces) + overlaps_between(labels, labels)
+    assert problems == [], problems
+
+    # The stage is centred, keeps its height from before Start, and the page fits the desktop screen.
+    stage, main = Rect.of(layout["stage"]), Rect.of(layout["main"])
+    left, right = stage.x - main.x, main.x + main.width - (stage.x + stage.width)
+    assert abs(left - right) <= 2, (left, right)
+    assert abs(layout["stage"]["height"] - before["stage"]["height"]) <= 2, (before["stage"], layout["stage"])
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0  # no sideways scroll
+    if viewport == "desktop":
+        footer = before["footer"]
+        assert footer["y"] + footer["height"] <= VIEWPORTS["desktop"]["height"], footer
