@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from app.formatting import face_label, format_age, format_percent, label_parts
-from app.video.processing import BOX_COLOR, draw_label, label_text_height
+from app.video.processing import TRACK_COLORS, draw_label, label_text_height
 
 
 def test_a_face_is_written_as_on_the_pages():
@@ -18,8 +18,8 @@ def test_a_face_is_written_as_on_the_pages():
 def tag_rows(width: int, height: int, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     """Bounds (left, top, right, bottom) of the tag drawn for a face at ``box`` on a black frame."""
     image = np.zeros((height, width, 3), np.uint8)
-    draw_label(image, label_parts(1, "neutral", 36, "female"), box, label_text_height(width, height), BOX_COLOR)
-    ys, xs = np.nonzero((image == BOX_COLOR).all(axis=2))
+    draw_label(image, label_parts(1, "neutral", 36, "female"), box, label_text_height(width, height), TRACK_COLORS[0])
+    ys, xs = np.nonzero((image == TRACK_COLORS[0]).all(axis=2))
     return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
 
 

@@ -22,7 +22,9 @@ from app.video.jobs import JobCancelled, VideoJob
 # submitted to the heads together, so they share batches too (bench/video_throughput.py).
 CHUNK_FRAMES = 8
 TIMELINE_POINTS = 200  # most points of a track's emotion timeline in summary.json
-BOX_COLOR = (64, 200, 255)  # RGB
+# The pages' palette (static/js/faces.js): face #n has the same colour in the video as on its card.
+TRACK_COLORS = [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in (
+    "#facc15", "#34d399", "#38bdf8", "#fb923c", "#c084fc", "#f472b6", "#a3e635", "#fda4af", "#5eead4", "#93c5fd")]
 
 
 @dataclass
@@ -153,9 +155,10 @@ def draw(image: np.ndarray, faces: list[TrackedFace]) -> np.ndarray:
     for t in faces:
         f = t.smoothed
         x1, y1, x2, y2 = (int(round(v)) for v in f.box)
-        cv2.rectangle(image, (x1, y1), (x2, y2), BOX_COLOR, line)
+        color = TRACK_COLORS[(t.track_id - 1) % len(TRACK_COLORS)]
+        cv2.rectangle(image, (x1, y1), (x2, y2), color, line)
         parts = label_parts(t.track_id, f.emotion.label, f.age.years, f.gender.label)
-        draw_label(image, parts, (x1, y1, x2, y2), text_height, BOX_COLOR)
+        draw_label(image, parts, (x1, y1, x2, y2), text_height, color)
     return image
 
 
