@@ -77,15 +77,6 @@ def wait_for_faces(page, count: int, answered_after: int = 0):
         arg=[count, answered_after], timeout=FIRST_FACE_TIMEOUT_MS)
 
 
-def overlay_pixel(overlay, x: float, y: float) -> list[int]:
-    """RGB of the overlay canvas at CSS pixel (x, y) from its top-left corner."""
-    return overlay.evaluate("""(canvas, [x, y]) => {
-        const ratio = window.devicePixelRatio || 1;
-        const pixel = canvas.getContext('2d').getImageData(Math.round(x * ratio), Math.round(y * ratio), 1, 1).data;
-        return Array.from(pixel.slice(0, 3));
-    }""", [x, y])
-
-
 def test_page_loads_cleanly(page, page_log, live_server):
     open_live_page(page, live_server)
     page.wait_for_load_state("networkidle")
@@ -123,9 +114,16 @@ def test_the_camera_face_is_boxed_labelled_and_followed(page, page_log, live_ser
     overlay = page.locator("#overlay")
     on_screen = overlay.bounding_box()
     assert on_screen == pytest.approx(page.locator("#video").bounding_box())
-    scale = on_screen["width"] / 512
-    x1, y1 = later["faces"][0]["box"][:2]
-    assert overlay_pixel(overlay, x1 * scale + 3, y1 * scale - 10) == pytest.approx(TRACK_1_COLOR, abs=8)
+    # (what was drawn and the canvas's pixel, read at once: the next answer redraws it)
+    drawn, pixel = overlay.evaluate("""(canvas) => {
+        const { boxes: [box], tags: [tag] } = window.__liveState.layout;
+        const ratio = window.devicePixelRatio || 1;
+        const at = [Math.round((tag.x + 3) * ratio), Math.round((tag.y + tag.height / 2) * ratio)];
+        return [{ box, tag }, Array.from(canvas.getContext('2d').getImageData(...at, 1, 1).data.slice(0, 3))];
+    }""")
+    assert drawn["tag"]["y"] + drawn["tag"]["height"] <= drawn["box"]["y"] <= drawn["tag"]["y"] + drawn["tag"]["height"] + 4
+    assert abs(drawn["tag"]["x"] - drawn["box"]["x"]) <= 1
+    assert pixel == pytest.approx(TRACK_1_COLOR, abs=8)
     page.screenshot(path=artifacts_dir / "live-astronaut.png", full_page=True)
 
     page.get_by_label("Landmarks").check()
