@@ -57,7 +57,6 @@ def cli(ctx: click.Context) -> None:
         ctx.obj = ScriptInfo(create_app=_create_app, set_debug_flag=False, load_dotenv_defaults=False)
 
 
-
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--host", default=lambda: os.environ.get("HOST", "127.0.0.1"), show_default="127.0.0.1 or $HOST",
               help="Address to listen on (0.0.0.0: every interface).")
@@ -65,7 +64,7 @@ def cli(ctx: click.Context) -> None:
               show_default="5000 or $PORT")
 @click.option("--threads", type=click.IntRange(1), default=lambda: int(os.environ.get("THREADS", "32")),
               show_default="32 or $THREADS",
-              help="Request threads; each live client holds one while connected (MAX_LIVE_CLIENTS is 16).")
+              help="Request threads; each live client holds one while connected (MAX_LIVE_CLIENTS, 16 by default).")
 @click.option("--timeout", type=click.IntRange(1), default=120, show_default=True,
               help="Seconds a request may run before gunicorn restarts the worker.")
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)

@@ -25,6 +25,7 @@ TIMELINE_POINTS = 200  # most points of a track's emotion timeline in summary.js
 # The pages' palette (static/js/faces.js): face #n has the same colour in the video as on its card.
 TRACK_COLORS = [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in (
     "#facc15", "#34d399", "#38bdf8", "#fb923c", "#c084fc", "#f472b6", "#a3e635", "#fda4af", "#5eead4", "#93c5fd")]
+LABEL_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 @dataclass
@@ -109,9 +110,6 @@ def crop(image: np.ndarray, box, margin: float = 0.2) -> np.ndarray:
     x1, y1 = max(0, int(x1 - mx)), max(0, int(y1 - my))
     x2, y2 = min(w, int(x2 + mx) + 1), min(h, int(y2 + my) + 1)
     return image[y1:y2, x1:x2].copy()
-
-
-LABEL_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def label_text_height(width: int, height: int) -> int:
