@@ -122,6 +122,15 @@ def test_faceapp_serve_answers_503_until_ready_and_logs_the_address():
     assert f"ready on {url} (device cpu" in output
 
 
+def test_faceapp_serve_stops_when_the_models_cannot_be_loaded(tmp_path):
+    missing = tmp_path / "emotion.pt"
+    result = subprocess.run(serve_command(free_port(), threads=2), cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=180, env={**os.environ, "FACEAPP_DEVICE": "cpu",
+                                              "FACEAPP_EMOTION_WEIGHTS": str(missing)})
+    assert result.returncode == 3, result.stderr[-3000:]  # gunicorn: "Worker failed to boot", not 503 for ever
+    assert "could not be built" in result.stderr and str(missing) in result.stderr
+
+
 def test_pyproject_installs_the_faceapp_command():
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     module, _, attr = pyproject["project"]["scripts"]["faceapp"].partition(":")
