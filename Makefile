@@ -1,6 +1,7 @@
 # make run      set up .venv, install everything, serve on http://127.0.0.1:$(PORT) (foreground; Ctrl-C stops)
 # make test     install the test extras and run the whole suite (browser tests included)
 # make analyze ARGS="photo.jpg folder/"   the command-line analysis (faceapp analyze)
+# make bench ARGS="--runs 30"             the photo latency benchmark (bench/photo_latency.py)
 # make run TORCH_VARIANT=cpu   torch's CPU-only wheels (no CUDA libraries); PYTHON=python3.11 picks the interpreter
 PYTHON ?= python3
 VENV ?= .venv
@@ -50,7 +51,7 @@ node_modules/.installed: package.json package-lock.json
 	touch $@
 
 bench: install-dev
-	$(PY) -m bench.photo_latency
+	$(PY) -m bench.photo_latency $(ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules instance .pytest_cache
