@@ -51,12 +51,28 @@ def astronaut_clip(tmp_path_factory, astronaut):
     return path
 
 
+@pytest.fixture(scope="module")
+def pair_clip(tmp_path_factory, side_by_side):
+    """Two faces (the astronaut and Grace Hopper side by side), downscaled to a 640 px camera."""
+    height, width = side_by_side.shape[:2]
+    small = np.asarray(Image.fromarray(side_by_side).resize((640, round(640 * height / width / 2) * 2)))
+    path = tmp_path_factory.mktemp("camera") / "pair.y4m"
+    write_y4m(path, small, CLIP_FRAMES)
+    return path
+
+
 @pytest.fixture
-def browser_context(playwright, tmp_path_factory, astronaut_clip):
-    """Overrides conftest's: a browser whose camera is the astronaut clip, allowed without asking."""
+def camera_clip(request, astronaut_clip, pair_clip):
+    """The fake camera's clip: the astronaut, or (parametrized indirectly with "pair") two faces."""
+    return pair_clip if getattr(request, "param", "astronaut") == "pair" else astronaut_clip
+
+
+@pytest.fixture
+def browser_context(playwright, tmp_path_factory, camera_clip):
+    """Overrides conftest's: a browser whose camera plays ``camera_clip``, allowed without asking."""
     context = launch_chromium(playwright, tmp_path_factory.mktemp("chromium-profile"), extra_args=[
         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-        f"--use-file-for-fake-video-capture={astronaut_clip}",
+        f"--use-file-for-fake-video-capture={camera_clip}",
     ], viewport=DESKTOP_VIEWPORT, accept_downloads=True)
     yield context
     context.close()
@@ -225,22 +241,24 @@ LIVE_LAYOUT_JS = """() => {
 }"""
 
 
+@pytest.mark.parametrize("camera_clip", ["astronaut", "pair"], indirect=True)
 @pytest.mark.parametrize("viewport", ["desktop", "phone"])
-def test_overlays_cover_no_face_nor_each_other(page, live_server, artifacts_dir, viewport):
+def test_overlays_cover_no_face_nor_each_other(page, live_server, artifacts_dir, viewport, camera_clip):
+    faces_in_clip = 2 if camera_clip.stem == "pair" else 1
     page.set_viewport_size(VIEWPORTS[viewport])
     open_live_page(page, live_server)
     before = page.evaluate(LIVE_LAYOUT_JS)
     page.get_by_label("Landmarks").check()
     page.get_by_label("Emotion bars").check()
     page.get_by_role("button", name="Start").click()
-    wait_for_faces(page, 1)
-    wait_for_faces(page, 1, live_state(page)["answered"])  # drawn at the stage's streaming size
+    wait_for_faces(page, faces_in_clip)
+    wait_for_faces(page, faces_in_clip, live_state(page)["answered"])  # drawn at the stage's streaming size
     layout = page.evaluate(LIVE_LAYOUT_JS)
-    page.screenshot(path=artifacts_dir / f"live-layout-{viewport}.png")
+    page.screenshot(path=artifacts_dir / f"live-layout-{camera_clip.stem}-{viewport}.png")
 
     canvas = Rect.of(layout["canvas"])
     drawn = layout["drawn"]
-    assert len(drawn["boxes"]) == 1 and len(drawn["tags"]) == 1 and len(drawn["panels"]) == 1
+    assert len(drawn["boxes"]) == len(drawn["tags"]) == len(drawn["panels"]) == faces_in_clip
 
     def on_page(d):  # canvas units are CSS pixels from the canvas's corner
         return Rect(canvas.x + d["x"], canvas.y + d["y"], d["width"], d["height"])
