@@ -1,5 +1,6 @@
 /**
- * Drawing detected faces: boxes over a picture and one card per face.
+ * Drawing detected faces: boxes over a picture and one card per face; how a face is written on every
+ * page (formatting helpers); where labels go so that they cover no face (placeNear, also used live).
  *
  * Works on the face objects of the API (`box`, `score`, `emotion`, `age`, `gender`), so the photo,
  * video and live pages can share it. Coordinates in a face are pixels of the analysed frame
@@ -66,7 +67,7 @@ export function compactLabel(face, number) {
 /* ---------- Placing labels where they cover no face ---------- */
 
 /** Whether two rectangles ({x, y, width, height}) come closer than `gap` pixels. */
-export function overlaps(a, b, gap = 2) {
+function overlaps(a, b, gap = 2) {
   return a.x < b.x + b.width + gap && b.x < a.x + a.width + gap
     && a.y < b.y + b.height + gap && b.y < a.y + a.height + gap;
 }
