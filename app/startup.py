@@ -7,6 +7,7 @@ process is up), ``503 not_ready`` as JSON to the API and ``/readyz``, and a page
 to browsers. When the app is built it logs one line, ``ready on http://HOST:PORT (device ...)``.
 If building fails (a missing or corrupt weight file) the process exits with gunicorn's
 "worker failed to boot" status, so the server stops instead of answering 503 for ever.
+Not for gunicorn's ``--preload``: the loading thread would start in the master and not survive the fork.
 """
 from __future__ import annotations
 
