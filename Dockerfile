@@ -27,9 +27,12 @@ COPY app ./app
 COPY models ./models
 COPY templates ./templates
 COPY static ./static
-COPY wsgi.py ./
+COPY wsgi.py pyproject.toml README.md ./
+# The faceapp command, as an editable install: the app reads its weights, pages and npm libraries from /app.
+RUN pip install --no-deps -e .
 RUN useradd --create-home faceapp && mkdir -p instance && chown faceapp instance
 USER faceapp
 EXPOSE 5000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:5000/readyz').status != 200)"
-CMD ["gunicorn", "-w", "1", "--threads", "32", "-b", "0.0.0.0:5000", "--timeout", "120", "wsgi:app"]
+# gunicorn, one worker with 32 threads; /readyz answers 503 until the models are loaded
+CMD ["faceapp", "serve", "--host", "0.0.0.0", "--port", "5000"]

@@ -27,7 +27,8 @@ def create_app(config_class: type = Config, service=None) -> Flask:
     app = Flask(__name__, template_folder="../templates", static_folder="../static")
     app.config.from_object(config_class)
     app.json.sort_keys = False  # keep class order in probabilities and the documented key order
-    _configure_logging(app)
+    if not (app.debug or app.testing):
+        configure_logging(app.config["LOG_LEVEL"])
 
     if service is None:
         from app.inference.service import InferenceService
@@ -63,8 +64,6 @@ def create_app(config_class: type = Config, service=None) -> Flask:
     return app
 
 
-def _configure_logging(app: Flask) -> None:
-    if app.debug or app.testing:
-        return
-    logging.basicConfig(level=app.config["LOG_LEVEL"],
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str) -> None:
+    """One line per record on stderr; a no-op when logging is already configured."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,9 +1,9 @@
-"""`flask --app wsgi analyze PATH... [--no-detect] [--format jsonl|csv]`.
+"""`faceapp analyze PATH... [--no-detect] [--format jsonl|csv]` (also `flask --app app analyze`).
 
 Analyses files and folders (recursively) through the same service as the web app and prints one
 JSON line per image (``{"path", "width", "height", "faces"}``, or ``{"path", "error"}`` for a file it
-could not read, then goes on), or CSV with one row per face. Exit status 1 only when nothing could
-be analysed.
+could not read, then goes on), or CSV with one row per face (numbered from 1, as on the pages).
+Exit status 1 only when nothing could be analysed.
 """
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ def _csv_rows(path: str, result: dict) -> list[dict]:
     if "error" in result:
         return [{"path": path, "error": result["error"]}]
     rows = []
-    for i, face in enumerate(result["faces"]):
+    for number, face in enumerate(result["faces"], start=1):
         x1, y1, x2, y2 = face["box"]
-        row = {"path": path, "face": i, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": face["score"],
+        row = {"path": path, "face": number, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "score": face["score"],
                "emotion": face["emotion"]["label"], "age": face["age"]["years"], "age_std": face["age"]["std"],
                "age_group": face["age"]["group"], "gender": face["gender"]["label"],
                "gender_probability": face["gender"]["probability"]}

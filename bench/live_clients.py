@@ -3,7 +3,7 @@
     python -m bench.live_clients [--clients 1 8] [--seconds 10] [--repeats 3] [--smoothing-frames 60]
                                  [--detector-max-side N] [--search-every 1 3] [--out bench/results/live.json]
 
-Starts ``gunicorn -w 1 --threads 32 --no-control-socket wsgi:app`` on a free loopback port
+Starts ``faceapp serve`` (``gunicorn -w 1 --threads 32``, no control socket) on a free loopback port
 (FACEAPP_DEVICE=cpu), then:
 
 1. Streaming: for each client count, that many clients each stream a 640x480 JPEG with one face (the

@@ -2,8 +2,8 @@
 a browser):
 
 - :func:`serve`: werkzeug's threaded server in this process, reusing the session's inference service;
-- :func:`gunicorn`: the production server (``gunicorn -w 1 --threads N``) in a child process, as
-  ``make run`` starts it (browser tests, ``bench/live_clients.py``).
+- :func:`gunicorn`: the production server (``faceapp serve``: ``gunicorn -w 1 --threads N``) in a child
+  process, as ``make run`` starts it (browser tests, ``bench/live_clients.py``).
 """
 from __future__ import annotations
 
@@ -60,6 +60,12 @@ def readiness(base_url: str) -> dict | None:
         return None
 
 
+def serve_command(port: int, threads: int = 32) -> list[str]:
+    """``faceapp serve`` on a loopback port, without gunicorn's control socket (servers run side by side)."""
+    return [sys.executable, "-m", "app.main", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--threads", str(threads), "--", "--no-control-socket"]
+
+
 @contextmanager
 def gunicorn(env: dict[str, str] | None = None, threads: int = 32,
              timeout_s: float = 180) -> Iterator[tuple[str, dict]]:
@@ -67,8 +73,7 @@ def gunicorn(env: dict[str, str] | None = None, threads: int = 32,
     yields (base URL, its /readyz answer) and stops the server on exit."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", str(threads), "--no-control-socket",
-               "-b", f"127.0.0.1:{port}", "wsgi:app"]
+    command = serve_command(port, threads)
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, "FACEAPP_DEVICE": "cpu", **(env or {})},
                                   stdout=log, stderr=subprocess.STDOUT)

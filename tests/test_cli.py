@@ -29,7 +29,7 @@ def test_analyze_csv_and_no_detect(runner, tmp_path, astronaut):
     result = runner.invoke(args=["analyze", "--no-detect", "--format", "csv", str(path)])
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert len(rows) == 1 and rows[0]["face"] == "0" and rows[0]["emotion"]
+    assert len(rows) == 1 and rows[0]["face"] == "1" and rows[0]["emotion"]
     assert float(rows[0]["p_happy"]) >= 0 and rows[0]["gender"] in ("female", "male")
 
 

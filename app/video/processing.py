@@ -13,6 +13,7 @@ import av
 import cv2
 import numpy as np
 
+from app.formatting import label_parts
 from app.inference.keyframes import KeyframeDetector
 from app.inference.results import Face
 from app.tracking import FaceTracker, TrackedFace
@@ -22,7 +23,10 @@ from app.video.jobs import JobCancelled, VideoJob
 # submitted to the heads together, so they share batches too (bench/video_throughput.py).
 CHUNK_FRAMES = 8
 TIMELINE_POINTS = 200  # most points of a track's emotion timeline in summary.json
-BOX_COLOR = (64, 200, 255)  # RGB
+# The pages' palette (static/js/faces.js): face #n has the same colour in the video as on its card.
+TRACK_COLORS = [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in (
+    "#facc15", "#34d399", "#38bdf8", "#fb923c", "#c084fc", "#f472b6", "#a3e635", "#fda4af", "#5eead4", "#93c5fd")]
+LABEL_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 @dataclass
@@ -111,17 +115,51 @@ def crop(image: np.ndarray, box, margin: float = 0.2) -> np.ndarray:
     return image[y1:y2, x1:x2].copy()
 
 
+def label_text_height(width: int, height: int) -> int:
+    """Pixel height of burned-in label text: 2.8% of the frame's longer side, 12-48 px (17 px in a
+    596x336 clip), so that the label keeps its size relative to the picture wherever it is played."""
+    return int(min(48, max(12, round(0.028 * max(width, height)))))
+
+
+def draw_label(image: np.ndarray, parts: tuple[str, ...], box: tuple[int, int, int, int], text_height: int,
+               color: tuple[int, int, int]) -> None:
+    """The parts of a face's label on a tag just above its box (below it at the top edge), separated by
+    dots as on the pages ("#1 happy · 34 · F"; Hershey fonts have no "·", so the dots are drawn)."""
+    h, w = image.shape[:2]
+    thickness = max(1, round(text_height / 12))
+    scale = cv2.getFontScaleFromHeight(LABEL_FONT, text_height, thickness)
+    sizes = [cv2.getTextSize(part, LABEL_FONT, scale, thickness) for part in parts]
+    cap = max(size[0][1] for size in sizes)
+    descent = max(size[1] for size in sizes)
+    pad = max(2, text_height // 5)
+    gap = max(6, round(text_height * 0.8))  # room for " · "
+    tag_w = sum(size[0][0] for size in sizes) + gap * (len(parts) - 1) + 2 * pad
+    tag_h = cap + descent + 2 * pad
+    x1, y1, _, y2 = box
+    top = y1 - tag_h if y1 - tag_h >= 0 else min(y2 + 1, h - tag_h)
+    left = max(0, min(x1, w - tag_w))
+    cv2.rectangle(image, (left, top), (left + tag_w - 1, top + tag_h - 1), color, -1)
+    x, baseline = left + pad, top + pad + cap
+    for index, (part, ((part_w, _), _)) in enumerate(zip(parts, sizes)):
+        cv2.putText(image, part, (x, baseline), LABEL_FONT, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+        x += part_w
+        if index < len(parts) - 1:
+            cv2.circle(image, (x + gap // 2, baseline - cap // 2), max(1, round(text_height / 10)), (0, 0, 0), -1,
+                       cv2.LINE_AA)
+            x += gap
+
+
 def draw(image: np.ndarray, faces: list[TrackedFace]) -> np.ndarray:
-    """Boxes and one label line per face, drawn on ``image`` in place (RGB)."""
+    """Boxes and one label per face, drawn on ``image`` in place (RGB), sized to the frame."""
+    text_height = label_text_height(image.shape[1], image.shape[0])
+    line = max(2, round(text_height / 8))
     for t in faces:
         f = t.smoothed
         x1, y1, x2, y2 = (int(round(v)) for v in f.box)
-        cv2.rectangle(image, (x1, y1), (x2, y2), BOX_COLOR, 2)
-        label = f"#{t.track_id} {f.emotion.label} {f.age.years:.0f}y {f.gender.label[0].upper()}"
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)
-        ty = y1 - 4 if y1 - th - base - 4 >= 0 else y2 + th + 4
-        cv2.rectangle(image, (x1, ty - th - 3), (x1 + tw + 4, ty + base - 1), BOX_COLOR, -1)
-        cv2.putText(image, label, (x1 + 2, ty - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        color = TRACK_COLORS[(t.track_id - 1) % len(TRACK_COLORS)]
+        cv2.rectangle(image, (x1, y1), (x2, y2), color, line)
+        parts = label_parts(t.track_id, f.emotion.label, f.age.years, f.gender.label)
+        draw_label(image, parts, (x1, y1, x2, y2), text_height, color)
     return image
 
 

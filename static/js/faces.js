@@ -1,5 +1,6 @@
 /**
- * Drawing detected faces: boxes over a picture and one card per face.
+ * Drawing detected faces: boxes over a picture and one card per face; how a face is written on every
+ * page (formatting helpers); where labels go so that they cover no face (placeNear, also used live).
  *
  * Works on the face objects of the API (`box`, `score`, `emotion`, `age`, `gender`), so the photo,
  * video and live pages can share it. Coordinates in a face are pixels of the analysed frame
@@ -8,7 +9,6 @@
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
-const LABEL_HEIGHT = 18;
 const LABEL_PADDING_X = 5;
 
 /** Light colours, so that dark label text stays readable on each of them. */
@@ -21,7 +21,7 @@ export function faceColor(index) {
   return PALETTE[index % PALETTE.length];
 }
 
-/* ---------- Formatting ---------- */
+/* ---------- Formatting: how a face is written, on every page ---------- */
 
 export function formatPercent(probability) {
   return `${Math.round(probability * 100)}%`;
@@ -32,17 +32,92 @@ export function formatScore(score) {
   return `${(Math.floor(score * 1000 + 1e-6) / 10).toFixed(1)}%`;
 }
 
+/** "38 ± 9 years" (`age` is {years, std}, as in the API; video summaries give {mean, std}). */
 export function formatAge(age) {
-  return `${Math.round(age.years)} ± ${Math.round(age.std)} years`;
+  return `${Math.round(age.years ?? age.mean)} ± ${Math.round(age.std)} years`;
 }
 
-function genderInitial(gender) {
-  return gender.label.charAt(0).toUpperCase();
+/** "female 98%". */
+export function formatGender(gender) {
+  return `${gender.label} ${formatPercent(gender.probability)}`;
 }
 
-/** Compact label drawn next to a box, e.g. "#1 happy · 34 · F". */
+/** A server's or a browser's message as a sentence: capital first letter, full stop at the end. */
+export function asSentence(text) {
+  const trimmed = String(text ?? '').trim();
+  if (!trimmed) return '';
+  const capitalised = trimmed.charAt(0).toUpperCase() + trimmed.slice(1);
+  return /[.!?…]$/.test(capitalised) ? capitalised : `${capitalised}.`;
+}
+
+/**
+ * The label of a face on a picture, e.g. "#1 happy · 34 · F" (the same words app/formatting.py burns
+ * into videos). `lines` = 2 splits it into "#1 happy" and "34 · F" for narrow places.
+ */
+export function faceLabelLines(face, number, lines = 1) {
+  const who = `#${number} ${face.emotion.label}`;
+  const facts = `${Math.round(face.age.years)} · ${face.gender.label.charAt(0).toUpperCase()}`;
+  return lines === 2 ? [who, facts] : [`${who} · ${facts}`];
+}
+
 export function compactLabel(face, number) {
-  return `#${number} ${face.emotion.label} · ${Math.round(face.age.years)} · ${genderInitial(face.gender)}`;
+  return faceLabelLines(face, number)[0];
+}
+
+/* ---------- Placing labels where they cover no face ---------- */
+
+/** Whether two rectangles ({x, y, width, height}) come closer than `gap` pixels. */
+function overlaps(a, b, gap = 2) {
+  return a.x < b.x + b.width + gap && b.x < a.x + a.width + gap
+    && a.y < b.y + b.height + gap && b.y < a.y + a.height + gap;
+}
+
+function overlapArea(a, b) {
+  const w = Math.min(a.x + a.width, b.x + b.width) - Math.max(a.x, b.x);
+  const h = Math.min(a.y + a.height, b.y + b.height) - Math.max(a.y, b.y);
+  return w > 0 && h > 0 ? w * h : 0;
+}
+
+/**
+ * Where to put a `size` ({width, height}) rectangle next to `box` inside `bounds` ({width, height}) so
+ * that it covers none of `obstacles`: the first free place of, in order, just above or below the box
+ * (left-aligned, centred, right-aligned), beside it (right, then left), then the nearest free place
+ * around it (crowds on small screens). Returns {rect, clear}; when no place is free, the one covering
+ * the least (clear false).
+ */
+export function placeNear(size, box, bounds, obstacles, gap = 2) {
+  const { width, height } = size;
+  const xs = [box.x, box.x + (box.width - width) / 2, box.x + box.width - width];
+  const spots = [];
+  for (const y of [box.y - height - gap, box.y + box.height + gap]) for (const x of xs) spots.push({ x, y });
+  for (const y of [box.y, box.y + (box.height - height) / 2, box.y + box.height - height]) {
+    spots.push({ x: box.x + box.width + gap, y }, { x: box.x - width - gap, y });
+  }
+  // Then every place within a few label sizes, nearest first (distance between the centres).
+  const cx = box.x + box.width / 2 - width / 2;
+  const cy = box.y + box.height / 2 - height / 2;
+  const reach = 1.5 * Math.max(width, height) + Math.max(box.width, box.height) / 2;
+  const step = Math.max(3, Math.round(height / 4));
+  const around = [];
+  for (let dy = -reach; dy <= reach; dy += step) {
+    for (let dx = -reach; dx <= reach; dx += step) around.push({ x: cx + dx, y: cy + dy, d: dx * dx + dy * dy });
+  }
+  around.sort((a, b) => a.d - b.d);
+  spots.push(...around);
+
+  let best = null;
+  for (const spot of spots) {
+    if (spot.y < 0 || spot.y + height > bounds.height) continue;
+    const rect = { x: Math.max(0, Math.min(spot.x, bounds.width - width)), y: spot.y, width, height };
+    if (!obstacles.some((obstacle) => overlaps(rect, obstacle, gap))) return { rect, clear: true };
+    if (best && best.covered === 0) continue;
+    const covered = obstacles.reduce((sum, obstacle) => sum + overlapArea(rect, obstacle), 0);
+    if (!best || covered < best.covered) best = { rect, covered };
+  }
+  if (!best) { // taller than the picture: its top edge
+    best = { rect: { x: Math.max(0, Math.min(box.x, bounds.width - width)), y: 0, width, height } };
+  }
+  return { rect: best.rect, clear: false };
 }
 
 /* ---------- Overlay ---------- */
@@ -58,63 +133,59 @@ function screenBox(face, scaleX, scaleY) {
   return { x: x1 * scaleX, y: y1 * scaleY, width: (x2 - x1) * scaleX, height: (y2 - y1) * scaleY };
 }
 
-/** Whether two rectangles come closer than `gap` pixels. */
-function overlaps(a, b, gap = 2) {
-  return a.x < b.x + b.width + gap && b.x < a.x + a.width + gap
-    && a.y < b.y + b.height + gap && b.y < a.y + a.height + gap;
+/** Writes `lines` into a group's tag and returns the tag's size. The group must be in the document. */
+function setTagText(label, lines, fontSize) {
+  label.replaceChildren(...lines.map((line) => {
+    const span = svgElement('tspan');
+    span.textContent = line;
+    return span;
+  }));
+  label.style.fontSize = `${fontSize}px`;
+  const lineHeight = Math.round(fontSize * 1.35);
+  const textWidth = Math.max(...[...label.children].map((span) => span.getComputedTextLength()));
+  return { width: Math.ceil(textWidth) + 2 * LABEL_PADDING_X, height: lines.length * lineHeight + 4, lineHeight };
 }
 
 /**
- * The rectangle of a tag `textWidth` wide on a box: just `above` it, just `below` it, or `inside` its
- * top edge (where there is no room above or below).
+ * Tags every face with the same label, placed where it covers no face and no other tag: on one line
+ * where all fit so, else on two lines (narrow screens, crowds). Returns each tag's rectangle.
  */
-function tagRect(textWidth, box, overlay, place) {
-  const width = Math.ceil(textWidth) + 2 * LABEL_PADDING_X;
-  const above = box.y - LABEL_HEIGHT;
-  const below = box.y + box.height;
-  let y = box.y;
-  if (place === 'above' && above >= 0) y = above;
-  if (place === 'below' && below + LABEL_HEIGHT <= overlay.height) y = below;
-  return { x: Math.max(0, Math.min(box.x, overlay.width - width)), y, width, height: LABEL_HEIGHT };
-}
-
-/**
- * Adds the first of `candidates` ({text, place}) whose tag covers none of `obstacles`, or the last
- * one if all do. The group must already be in the document, so the text can be measured.
- * Returns the tag's rectangle.
- */
-function addTag(group, candidates, box, overlay, obstacles) {
-  const background = svgElement('rect', { class: 'face-box__tag', rx: 3 });
-  const label = svgElement('text', { class: 'face-box__text' });
-  group.append(background, label);
-
-  let rect;
-  for (const { text, place } of candidates) {
-    label.textContent = text;
-    rect = tagRect(label.getComputedTextLength(), box, overlay, place);
-    if (!obstacles.some((obstacle) => overlaps(rect, obstacle))) break;
+function placeTags(groups, faces, boxes, displayed) {
+  const fontSize = displayed.width < 520 ? 10 : 12;
+  const parts = groups.map((group) => {
+    const background = svgElement('rect', { class: 'face-box__tag', rx: 3 });
+    const label = svgElement('text', { class: 'face-box__text' });
+    group.append(background, label);
+    return { background, label };
+  });
+  let placed;
+  for (const lines of [1, 2]) {
+    placed = [];
+    let allClear = true;
+    faces.forEach((face, index) => {
+      const size = setTagText(parts[index].label, faceLabelLines(face, index + 1, lines), fontSize);
+      const obstacles = [...boxes, ...placed.map((p) => p.rect)];
+      const { rect, clear } = placeNear(size, boxes[index], displayed, obstacles);
+      allClear &&= clear;
+      placed.push({ rect, lineHeight: size.lineHeight });
+    });
+    if (allClear) break;
   }
-  for (const [key, value] of Object.entries(rect)) background.setAttribute(key, value);
-  label.setAttribute('x', rect.x + LABEL_PADDING_X);
-  label.setAttribute('y', rect.y + LABEL_HEIGHT / 2);
-  return rect;
-}
-
-/** Tag texts and places to try for a face, best first. */
-function tagCandidates(face, number) {
-  const full = compactLabel(face, number);
-  const short = String(number);
-  return [
-    { text: full, place: 'above' }, { text: full, place: 'below' },
-    { text: short, place: 'above' }, { text: short, place: 'inside' }, { text: short, place: 'below' },
-  ];
+  placed.forEach(({ rect, lineHeight }, index) => {
+    const { background, label } = parts[index];
+    for (const [key, value] of Object.entries(rect)) background.setAttribute(key, value);
+    [...label.children].forEach((span, line) => {
+      span.setAttribute('x', rect.x + LABEL_PADDING_X);
+      span.setAttribute('y', rect.y + 2 + lineHeight * (line + 0.5));
+    });
+  });
+  return placed.map((p) => p.rect);
 }
 
 /**
- * Draws every face's box and a tag into `svg`, which lies over the picture at its top-left corner.
- * A tag shows the compact label, or only the face number where the label would cover another face
- * or tag (trying a few places), so crowded pictures stay readable. `displayed` is the picture's size on screen; one SVG
- * unit is one CSS pixel, so lines and text stay crisp at any scale.
+ * Draws every face's box and its tag into `svg`, which lies over the picture at its top-left corner.
+ * `displayed` is the picture's size on screen; one SVG unit is one CSS pixel, so lines and text stay
+ * crisp at any scale.
  */
 export function renderOverlay(svg, faces, frame, displayed) {
   const scaleX = displayed.width / frame.width;
@@ -131,12 +202,7 @@ export function renderOverlay(svg, faces, frame, displayed) {
     return group;
   });
   svg.replaceChildren(...groups);
-
-  const placedTags = [];
-  faces.forEach((face, index) => {
-    const obstacles = [...boxes.filter((_, other) => other !== index), ...placedTags];
-    placedTags.push(addTag(groups[index], tagCandidates(face, index + 1), boxes[index], displayed, obstacles));
-  });
+  placeTags(groups, faces, boxes, displayed);
 }
 
 /* ---------- Cards ---------- */

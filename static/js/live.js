@@ -6,6 +6,7 @@
  * answered (or has timed out), so a slow server never builds a backlog. Frames are downscaled to at
  * most 640 px on their longest side and sent as binary JPEG; each answer carries its frame's `seq`.
  */
+import { asSentence } from './faces.js';
 import { drawFaces } from './live-overlay.js';
 
 const root = document.getElementById('live');
@@ -58,6 +59,7 @@ const state = {
   fps: null,
   serverMs: null,
   message: null, // the status line's text, if one is shown
+  layout: null, // what the overlay drew where: {boxes, tags, panels} in CSS pixels of the canvas
 };
 window.__liveState = state;
 
@@ -114,7 +116,6 @@ function setPhase(phase) {
   ui.stop.disabled = !running;
   ui.snapshot.disabled = phase !== 'streaming';
   ui.placeholder.hidden = phase === 'streaming';
-  ui.hud.hidden = phase !== 'streaming';
 }
 
 /* ---------- Smoothing control ---------- */
@@ -148,9 +149,11 @@ function drawOverlay() {
   const context = canvas.getContext('2d');
   context.setTransform(1, 0, 0, 1, 0, 0);
   context.clearRect(0, 0, canvas.width, canvas.height);
+  state.layout = null;
   if (!state.frame || width === 0) return;
   context.setTransform(ratio, 0, 0, ratio, 0, 0);
-  drawFaces(context, state.faces, { scale: width / state.frame.width, unit: 1, width, height }, shownExtras());
+  state.layout = drawFaces(context, state.faces, { scale: width / state.frame.width, unit: 1, width, height },
+    shownExtras());
 }
 
 function formatMs(ms) {
@@ -273,10 +276,10 @@ function connect() {
     const busy = error.data?.code === 'busy';
     setConnection(busy ? 'busy' : 'reconnecting');
     const reason = busy ? error.message : `the server refused the connection (${error.message})`;
-    setStatus('error', `${reason.charAt(0).toUpperCase()}${reason.slice(1)}. Trying again in ${config.refusedRetryMs / 1000} s.`);
+    setStatus('error', `${asSentence(reason)} Trying again in ${config.refusedRetryMs / 1000} s.`);
     refusedRetry = setTimeout(() => socket?.connect(), config.refusedRetryMs);
   });
-  socket.on('error', (body) => setStatus('error', body?.error?.message ?? 'The server failed to process a frame.'));
+  socket.on('error', (body) => setStatus('error', asSentence(body?.error?.message) || 'The server failed to process a frame.'));
 }
 
 function disconnect() {
@@ -329,7 +332,7 @@ async function sendNextFrame() {
 function handleAnswer(answer, frame, sentAt) {
   if (answer.error) {
     if (answer.error.code === 'busy') setStatus('info', 'The server is overloaded: some frames are skipped.');
-    else if (answer.error.code !== 'busy_dropped') setStatus('error', `A frame was refused: ${answer.error.message}`);
+    else if (answer.error.code !== 'busy_dropped') setStatus('error', asSentence(`A frame was refused: ${answer.error.message}`));
     return;
   }
   const now = performance.now();

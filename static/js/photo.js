@@ -1,13 +1,19 @@
 /**
  * Photo page: choose, drop or paste a picture, send it to the API, show the faces found in it.
  */
-import { linkBoxesAndCards, renderFaceCards, renderOverlay } from './faces.js';
+import { asSentence, linkBoxesAndCards, renderFaceCards, renderOverlay } from './faces.js';
 
 const ACCEPTED_TYPES = new Set(['image/jpeg', 'image/png', 'image/webp', 'image/bmp', 'image/x-ms-bmp']);
 const ACCEPTED_EXTENSIONS = /\.(jpe?g|png|webp|bmp)$/i;
 
 /** With more faces than this, the cards go in a wide grid under the picture instead of beside it. */
 const FACES_BESIDE_PICTURE = 4;
+
+/**
+ * Faces are shown at least this wide (CSS pixels, the median face): a crowd on a phone is shown larger
+ * than the screen, in a frame that scrolls sideways, so that every face keeps a readable label beside it.
+ */
+const MIN_FACE_ON_SCREEN = 44;
 
 /** Shown when an error response carries no message of its own. */
 const STATUS_MESSAGES = {
@@ -93,9 +99,9 @@ function validationProblem(file) {
 }
 
 function apiErrorMessage(status, payload) {
-  return payload?.error?.message
-    ?? STATUS_MESSAGES[status]
-    ?? `The server could not analyse this photo (HTTP ${status}).`;
+  return asSentence(payload?.error?.message)
+    || STATUS_MESSAGES[status]
+    || `The server could not analyse this photo (HTTP ${status}).`;
 }
 
 /** POSTs the file as multipart form data (field "image") and returns the parsed response. */
@@ -163,8 +169,38 @@ async function loadPreview(url, name) {
   }
 }
 
+/** The picture's width on screen for crowds of small faces (see MIN_FACE_ON_SCREEN), else '' (fit). */
+function zoomedWidth(frame, fitWidth) {
+  const widths = frame.faces.map(({ box }) => box[2] - box[0]).sort((a, b) => a - b);
+  if (widths.length < 2 || fitWidth === 0) return '';
+  const median = widths[Math.floor(widths.length / 2)];
+  const fitScale = fitWidth / frame.width;
+  if (median * fitScale >= MIN_FACE_ON_SCREEN) return '';
+  const width = Math.min(frame.width, Math.ceil((frame.width * MIN_FACE_ON_SCREEN) / median));
+  return width > fitWidth ? `${width}px` : '';
+}
+
+/** Fits the picture to its frame, or zooms a crowd of small faces in (scrolling sideways). */
+function sizePreview() {
+  const stage = ui.image.closest('.preview');
+  ui.image.style.width = '';
+  ui.image.classList.remove('preview__image--zoomed');
+  const width = zoomedWidth(shown.frame, ui.image.clientWidth);
+  if (!width) return;
+  ui.image.style.width = width;
+  ui.image.classList.add('preview__image--zoomed');
+  stage.scrollLeft = 0;
+}
+
+let previewWidth = null;
+
 function drawOverlay() {
   if (!shown?.previewLoaded) return;
+  const frameWidth = ui.image.closest('.preview').clientWidth;
+  if (frameWidth !== previewWidth) { // the page was resized: fit again
+    previewWidth = frameWidth;
+    sizePreview();
+  }
   const displayed = { width: ui.image.clientWidth, height: ui.image.clientHeight };
   if (displayed.width === 0) return;
   renderOverlay(ui.overlay, shown.frame.faces, shown.frame, displayed);
@@ -196,6 +232,7 @@ async function showResults(file, payload, roundTripMs, signal) {
   renderTimings(frame.timings_ms, roundTripMs);
   renderFaceCards(ui.cards, ui.cardTemplate, frame.faces, frame, previewLoaded ? ui.image : null);
   ui.results.hidden = false; // before drawing: the overlay is sized from the picture on screen
+  previewWidth = null;
   drawOverlay();
 }
 

@@ -4,6 +4,8 @@
  * The job id is kept in the URL (#job=<id>) so a reload picks the job up again.
  */
 
+import { asSentence, faceColor, formatAge, formatGender, formatPercent } from './faces.js';
+
 const POLL_MS = 700;
 const EMOTION_COLORS = {
   angry: '#e5484d', disgust: '#8e4ec6', fear: '#6e56cf', happy: '#30a46c',
@@ -63,7 +65,7 @@ function showStatus(message, kind = 'error') {
 async function errorMessage(response) {
   try {
     const body = await response.json();
-    if (body?.error?.message) return body.error.message;
+    if (body?.error?.message) return asSentence(body.error.message);
   } catch { /* not JSON */ }
   return `The server answered ${response.status}.`;
 }
@@ -87,7 +89,7 @@ function upload(file) {
     xhr.upload.addEventListener('progress', (event) => {
       if (event.lengthComputable) {
         ui.progress.value = event.loaded / event.total;
-        ui.text.textContent = `Uploading… ${Math.round((100 * event.loaded) / event.total)} %`;
+        ui.text.textContent = `Uploading… ${formatPercent(event.loaded / event.total)}`;
       }
     });
     xhr.addEventListener('load', () => resolve(new Response(xhr.response, { status: xhr.status })));
@@ -162,7 +164,8 @@ async function poll() {
     await showResults(job);
   } else {
     ui.cancel.hidden = true;
-    showStatus(job.status === 'failed' ? `The video could not be analysed: ${job.error}` : 'The job was cancelled.');
+    showStatus(job.status === 'failed' ? `The video could not be analysed. ${asSentence(job.error)}`
+      : 'The job was cancelled.');
   }
 }
 
@@ -172,7 +175,7 @@ function renderJob(job) {
     ui.text.textContent = job.queue_position ? `Waiting in line (position ${job.queue_position})…` : 'Waiting…';
   } else if (job.status === 'running') {
     const frames = job.frames_total ? `frame ${job.frames_done} of ${job.frames_total}` : `frame ${job.frames_done}`;
-    ui.text.textContent = `Analysing ${frames} · ${formatEta(job.eta_s)}`;
+    ui.text.textContent = [`Analysing ${frames}`, formatEta(job.eta_s)].filter(Boolean).join(' · ');
   } else if (job.status === 'done') {
     ui.text.textContent = `Done: ${job.frames_total} frames analysed.`;
   } else {
@@ -214,6 +217,8 @@ function trackCard(jobId, track, fps) {
   const card = document.createElement('article');
   card.className = 'track-card';
   card.dataset.trackId = track.track_id;
+  card.style.setProperty('--face-color', faceColor(track.track_id - 1)); // the colour of its box in the video
+
   const head = document.createElement('div');
   head.className = 'track-card__head';
   const thumb = document.createElement('img');
@@ -222,47 +227,81 @@ function trackCard(jobId, track, fps) {
   thumb.alt = `Face #${track.track_id}`;
   const text = document.createElement('div');
   const title = document.createElement('h3');
-  title.textContent = `Face #${track.track_id} · ${track.emotion.dominant}`;
+  const badge = document.createElement('span');
+  badge.className = 'face-badge';
+  badge.textContent = `#${track.track_id}`;
+  title.append(Object.assign(document.createElement('span'), { className: 'visually-hidden', textContent: 'Face ' }),
+    badge, ` ${track.emotion.dominant}`);
   const facts = document.createElement('p');
   facts.className = 'track-card__facts';
   const seconds = (frame) => (frame / fps).toFixed(1);
-  facts.textContent = `Age ${track.age.mean} ± ${track.age.std} · ${track.gender.label} `
-    + `(${Math.round(track.gender.probability * 100)} %) · ${seconds(track.first_frame)}–${seconds(track.last_frame)} s`;
+  facts.textContent = [formatAge(track.age), formatGender(track.gender),
+    `${seconds(track.first_frame)}–${seconds(track.last_frame)} s`].join(' · ');
   text.append(title, facts);
   head.append(thumb, text);
+
   const chartBox = document.createElement('div');
   chartBox.className = 'track-card__chart';
   const canvas = document.createElement('canvas');
-  canvas.setAttribute('aria-label', `Emotion timeline of face #${track.track_id}`);
+  canvas.setAttribute('role', 'img');
+  canvas.setAttribute('aria-label', `Emotion timeline of face #${track.track_id}: mostly ${track.emotion.dominant}`);
   chartBox.append(canvas);
   card.append(head, chartBox);
   requestAnimationFrame(() => timelineChart(canvas, track));
   return card;
 }
 
+/**
+ * The emotions of a track over time as a stacked area: at each moment the seven probabilities fill the
+ * height, so the dominant emotion is the widest band. Tooltips give the time and every percentage.
+ */
 function timelineChart(canvas, track) {
   if (!window.Chart || !track.timeline.length) return;
   const names = Object.keys(track.timeline[0].probabilities);
+  const times = track.timeline.map((point) => point.time_s);
   new window.Chart(canvas, {
     type: 'line',
     data: {
-      labels: track.timeline.map((point) => point.time_s.toFixed(1)),
-      datasets: names.map((name) => ({
+      datasets: names.map((name, index) => ({
         label: name,
-        data: track.timeline.map((point) => point.probabilities[name]),
-        borderColor: EMOTION_COLORS[name] || '#888',
-        backgroundColor: EMOTION_COLORS[name] || '#888',
+        data: track.timeline.map((point) => ({ x: point.time_s, y: point.probabilities[name] })),
+        borderColor: EMOTION_COLORS[name] || '#888888',
+        backgroundColor: `${EMOTION_COLORS[name] || '#888888'}b3`,
+        fill: index === 0 ? 'origin' : '-1',
         pointRadius: 0,
-        borderWidth: 2,
-        tension: 0.25,
+        pointHitRadius: 6,
+        borderWidth: 1,
       })),
     },
     options: {
       animation: false,
       maintainAspectRatio: false,
-      scales: { y: { min: 0, max: 1, title: { display: true, text: 'probability' } },
-                x: { title: { display: true, text: 'time (s)' } } },
-      plugins: { legend: { labels: { boxWidth: 10 } } },
+      interaction: { mode: 'index', intersect: false },
+      scales: {
+        x: {
+          type: 'linear',
+          min: Math.min(...times),
+          max: Math.max(...times),
+          title: { display: true, text: 'time (s)' },
+          ticks: { maxRotation: 0, autoSkipPadding: 20 },
+        },
+        y: {
+          stacked: true,
+          min: 0,
+          max: 1,
+          ticks: { stepSize: 0.25, callback: (value) => formatPercent(value) },
+        },
+      },
+      plugins: {
+        legend: { position: 'bottom', labels: { boxWidth: 10, boxHeight: 10, padding: 8, font: { size: 11 } } },
+        tooltip: {
+          itemSort: (a, b) => b.parsed.y - a.parsed.y,
+          callbacks: {
+            title: (items) => `${items[0].parsed.x.toFixed(1)} s`,
+            label: (item) => ` ${item.dataset.label} ${formatPercent(item.parsed.y)}`,
+          },
+        },
+      },
     },
   });
 }

@@ -17,6 +17,7 @@ from PIL import Image
 from app import create_app
 from app.live.namespace import NAMESPACE
 from browser.conftest import DESKTOP_VIEWPORT, launch_chromium
+from browser.layout import VIEWPORTS, Rect, overlaps_between
 from helpers import TestConfig
 from helpers import ASTRONAUT_FACE, box_iou
 from serving import serve
@@ -50,12 +51,28 @@ def astronaut_clip(tmp_path_factory, astronaut):
     return path
 
 
+@pytest.fixture(scope="module")
+def pair_clip(tmp_path_factory, side_by_side):
+    """Two faces (the astronaut and Grace Hopper side by side), downscaled to a 640 px camera."""
+    height, width = side_by_side.shape[:2]
+    small = np.asarray(Image.fromarray(side_by_side).resize((640, round(640 * height / width / 2) * 2)))
+    path = tmp_path_factory.mktemp("camera") / "pair.y4m"
+    write_y4m(path, small, CLIP_FRAMES)
+    return path
+
+
 @pytest.fixture
-def browser_context(playwright, tmp_path_factory, astronaut_clip):
-    """Overrides conftest's: a browser whose camera is the astronaut clip, allowed without asking."""
+def camera_clip(request, astronaut_clip, pair_clip):
+    """The fake camera's clip: the astronaut, or (parametrized indirectly with "pair") two faces."""
+    return pair_clip if getattr(request, "param", "astronaut") == "pair" else astronaut_clip
+
+
+@pytest.fixture
+def browser_context(playwright, tmp_path_factory, camera_clip):
+    """Overrides conftest's: a browser whose camera plays ``camera_clip``, allowed without asking."""
     context = launch_chromium(playwright, tmp_path_factory.mktemp("chromium-profile"), extra_args=[
         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-        f"--use-file-for-fake-video-capture={astronaut_clip}",
+        f"--use-file-for-fake-video-capture={camera_clip}",
     ], viewport=DESKTOP_VIEWPORT, accept_downloads=True)
     yield context
     context.close()
@@ -74,15 +91,6 @@ def wait_for_faces(page, count: int, answered_after: int = 0):
     page.wait_for_function(
         "([count, after]) => window.__liveState.answered > after && window.__liveState.faces.length === count",
         arg=[count, answered_after], timeout=FIRST_FACE_TIMEOUT_MS)
-
-
-def overlay_pixel(overlay, x: float, y: float) -> list[int]:
-    """RGB of the overlay canvas at CSS pixel (x, y) from its top-left corner."""
-    return overlay.evaluate("""(canvas, [x, y]) => {
-        const ratio = window.devicePixelRatio || 1;
-        const pixel = canvas.getContext('2d').getImageData(Math.round(x * ratio), Math.round(y * ratio), 1, 1).data;
-        return Array.from(pixel.slice(0, 3));
-    }""", [x, y])
 
 
 def test_page_loads_cleanly(page, page_log, live_server):
@@ -122,9 +130,16 @@ def test_the_camera_face_is_boxed_labelled_and_followed(page, page_log, live_ser
     overlay = page.locator("#overlay")
     on_screen = overlay.bounding_box()
     assert on_screen == pytest.approx(page.locator("#video").bounding_box())
-    scale = on_screen["width"] / 512
-    x1, y1 = later["faces"][0]["box"][:2]
-    assert overlay_pixel(overlay, x1 * scale + 3, y1 * scale - 10) == pytest.approx(TRACK_1_COLOR, abs=8)
+    # (what was drawn and the canvas's pixel, read at once: the next answer redraws it)
+    drawn, pixel = overlay.evaluate("""(canvas) => {
+        const { boxes: [box], tags: [tag] } = window.__liveState.layout;
+        const ratio = window.devicePixelRatio || 1;
+        const at = [Math.round((tag.x + 3) * ratio), Math.round((tag.y + tag.height / 2) * ratio)];
+        return [{ box, tag }, Array.from(canvas.getContext('2d').getImageData(...at, 1, 1).data.slice(0, 3))];
+    }""")
+    assert drawn["tag"]["y"] + drawn["tag"]["height"] <= drawn["box"]["y"] <= drawn["tag"]["y"] + drawn["tag"]["height"] + 4
+    assert abs(drawn["tag"]["x"] - drawn["box"]["x"]) <= 1
+    assert pixel == pytest.approx(TRACK_1_COLOR, abs=8)
     page.screenshot(path=artifacts_dir / "live-astronaut.png", full_page=True)
 
     page.get_by_label("Landmarks").check()
@@ -216,3 +231,53 @@ def test_a_busy_server_and_a_lost_connection_are_shown_and_recovered(page, one_c
     history = page.evaluate("() => window.__badgeHistory")
     assert history[:3] == ["Not connected", "Connecting…", "Server busy"], history
     assert history[-3:] == ["Connected", "Reconnecting…", "Connected"], history
+
+
+LIVE_LAYOUT_JS = """() => {
+  const rect = (e) => { const r = e.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; };
+  return {canvas: rect(document.getElementById('overlay')), stage: rect(document.getElementById('stage')),
+          hud: rect(document.getElementById('hud')), main: rect(document.querySelector('.live')),
+          footer: rect(document.querySelector('footer')), drawn: window.__liveState.layout};
+}"""
+
+
+@pytest.mark.parametrize("camera_clip", ["astronaut", "pair"], indirect=True)
+@pytest.mark.parametrize("viewport", ["desktop", "phone"])
+def test_overlays_cover_no_face_nor_each_other(page, live_server, artifacts_dir, viewport, camera_clip):
+    faces_in_clip = 2 if camera_clip.stem == "pair" else 1
+    page.set_viewport_size(VIEWPORTS[viewport])
+    open_live_page(page, live_server)
+    before = page.evaluate(LIVE_LAYOUT_JS)
+    page.get_by_label("Landmarks").check()
+    page.get_by_label("Emotion bars").check()
+    page.get_by_role("button", name="Start").click()
+    wait_for_faces(page, faces_in_clip)
+    wait_for_faces(page, faces_in_clip, live_state(page)["answered"])  # drawn at the stage's streaming size
+    layout = page.evaluate(LIVE_LAYOUT_JS)
+    page.screenshot(path=artifacts_dir / f"live-layout-{camera_clip.stem}-{viewport}.png")
+
+    canvas = Rect.of(layout["canvas"])
+    drawn = layout["drawn"]
+    assert len(drawn["boxes"]) == len(drawn["tags"]) == len(drawn["panels"]) == faces_in_clip
+
+    def on_page(d):  # canvas units are CSS pixels from the canvas's corner
+        return Rect(canvas.x + d["x"], canvas.y + d["y"], d["width"], d["height"])
+
+    faces = {f"face {i + 1}": on_page(b) for i, b in enumerate(drawn["boxes"])}
+    labels = {**{f"tag {i + 1}": on_page(t) for i, t in enumerate(drawn["tags"])},
+              **{f"emotion bars {i + 1}": on_page(p) for i, p in enumerate(drawn["panels"])}}
+    assert all(label.inside(canvas) for label in labels.values()), (labels, canvas)
+    hud = Rect.of(layout["hud"])
+    assert hud.width > 0 and hud.overlap(canvas) == 0, (hud, canvas)  # the readout sits under the video
+    problems = overlaps_between(labels, faces) + overlaps_between(labels, labels)
+    assert problems == [], problems
+
+    # The stage is centred, keeps its height from before Start, and the page fits the desktop screen.
+    stage, main = Rect.of(layout["stage"]), Rect.of(layout["main"])
+    left, right = stage.x - main.x, main.x + main.width - (stage.x + stage.width)
+    assert abs(left - right) <= 2, (left, right)
+    assert abs(layout["stage"]["height"] - before["stage"]["height"]) <= 2, (before["stage"], layout["stage"])
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0  # no sideways scroll
+    if viewport == "desktop":
+        footer = before["footer"]
+        assert footer["y"] + footer["height"] <= VIEWPORTS["desktop"]["height"], footer
