@@ -201,8 +201,36 @@ def test_template_is_median_in_crop_coordinates():
     layout = [(0.3, 0.4), (0.7, 0.4), (0.5, 0.6), (0.35, 0.8), (0.65, 0.8)]
     images = np.zeros((40, 48, 48), np.uint8)
     r = measure_template(lambda i: images[i], np.arange(40), n_samples=MIN_DETECTIONS + 5, upscale=3,
-                         detector=FakeDetector(layout))
+                         detector=FakeDetector(layout), pad=0.0)
     assert r.measured and r.detection_rate == 1.0
+    np.testing.assert_allclose(r.template, layout, atol=1e-4)
+
+
+class InnerFakeDetector(FakeDetector):
+    """Finds the face in the unpadded middle of the picture it is given (``pad`` known to it)."""
+
+    def __init__(self, layout, pad):
+        super().__init__(layout)
+        self.pad = pad
+
+    def detect_many(self, images):
+        from models.detector import Detection
+
+        out = []
+        for img in images:
+            h, w = img.shape[:2]
+            ih, iw = h / (1 + 2 * self.pad), w / (1 + 2 * self.pad)
+            assert img[0, 0, 0] == 127  # the grey border
+            lm = self.landmarks01 * [iw, ih] + [self.pad * iw, self.pad * ih]
+            out.append([Detection(np.array([0, 0, w, h], np.float32), 0.99, lm)])
+        return out
+
+
+def test_template_is_measured_on_padded_crops_and_mapped_back():
+    layout = [(0.3, 0.4), (0.7, 0.4), (0.5, 0.6), (0.35, 0.8), (0.65, 0.8)]
+    images = np.zeros((40, 48, 48), np.uint8)
+    r = measure_template(lambda i: images[i], np.arange(40), n_samples=MIN_DETECTIONS + 5, upscale=3,
+                         detector=InnerFakeDetector(layout, 0.5), pad=0.5)
     np.testing.assert_allclose(r.template, layout, atol=1e-4)
 
 
