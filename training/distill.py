@@ -169,7 +169,9 @@ def _scored(data: TaskData) -> list[str]:
 
 
 def _short(m: dict) -> dict:
-    return {k: round(float(v), 5) if k != "n" else int(v) for k, v in m.items()}
+    return {k: _short(v) if isinstance(v, dict) else (v if isinstance(v, list) else
+                                                      (round(float(v), 5) if k != "n" else int(v)))
+            for k, v in m.items()}
 
 
 def save_teacher_outputs(t: TeacherOutputs, path: str | Path) -> Path:

@@ -29,7 +29,7 @@ from models.emotion import EMOTION_CLASSES
 from training import metrics as M
 from training.engine import fit_to, predict, resolve_device
 from training.tasks import TASKS, load_task_data, split_metrics
-from training.train import plain
+from training.train import plain, rounded
 
 log = logging.getLogger("training.evaluate")
 
@@ -163,7 +163,7 @@ def run_robustness(model, card, data, split: str, device, clean: dict) -> list[d
         if data.task == "age_gender":
             row["delta_mae"] = m["mae"] - clean["mae"]
         rows.append(row)
-        log.info("robustness %s: %s", name, {k: round(float(v), 4) for k, v in m.items()})
+        log.info("robustness %s: %s", name, rounded(m, 4))
     return rows
 
 

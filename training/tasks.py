@@ -225,8 +225,11 @@ def age_gender_metrics(outputs: torch.Tensor, ages: np.ndarray, genders: np.ndar
     age_pred = dec.age_mean.cpu().numpy()
     gender_pred = (dec.p_female.cpu().numpy() >= 0.5).astype(np.int64)
     true_age = np.minimum(ages, MAX_AGE)
+    adults = (ages >= ADULTS[0]) & (ages <= ADULTS[1])  # the faces the app mostly serves, as their own line
     out = {"mae": M.mae(true_age, age_pred), "cs5": M.cumulative_score(true_age, age_pred, 5),
-           "gender_accuracy": M.accuracy(genders, gender_pred), "n": int(len(ages))}
+           "gender_accuracy": M.accuracy(genders, gender_pred), "n": int(len(ages)),
+           "adults": {"ages": list(ADULTS), "n": int(adults.sum()), "mae": M.mae(true_age[adults], age_pred[adults]),
+                      "gender_accuracy": M.accuracy(genders[adults], gender_pred[adults])}}
     if not full:
         return out
     bands = M.age_band(ages)
@@ -234,9 +237,6 @@ def age_gender_metrics(outputs: torch.Tensor, ages: np.ndarray, genders: np.ndar
     out["mae_by_age_band"] = M.grouped(M.mae, true_age, age_pred, bands, band_names)
     out["cs5_by_age_band"] = M.grouped(M.cumulative_score, true_age, age_pred, bands, band_names)
     out["gender_accuracy_by_age_band"] = M.grouped(M.accuracy, genders, gender_pred, bands, band_names)
-    adults = (ages >= ADULTS[0]) & (ages <= ADULTS[1])  # the faces the app mostly serves, as their own line
-    out["adults"] = {"ages": list(ADULTS), "n": int(adults.sum()), "mae": M.mae(true_age[adults], age_pred[adults]),
-                     "gender_accuracy": M.accuracy(genders[adults], gender_pred[adults])}
     gnames = np.asarray(GENDER_CLASSES)[genders]
     out["mae_by_gender"] = M.grouped(M.mae, true_age, age_pred, gnames, GENDER_CLASSES)
     out["cs5_by_gender"] = M.grouped(M.cumulative_score, true_age, age_pred, gnames, GENDER_CLASSES)

@@ -151,6 +151,12 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
     return full + (1 if rest >= 2 else 0)
 
 
+def rounded(metrics: dict, digits: int) -> dict:
+    """Metrics for the log: numbers rounded, nested groups (e.g. "adults") rounded inside."""
+    return {k: rounded(v, digits) if isinstance(v, dict) else (round(v, digits) if isinstance(v, float) else v)
+            for k, v in metrics.items()}
+
+
 def plain(obj):
     """Numpy scalars / tuples -> JSON types, so the checkpoint loads with ``weights_only=True``."""
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
@@ -365,10 +371,10 @@ def main(argv: list[str] | None = None) -> Path:
         history.append({"epoch": epoch + 1, "train_loss": train_loss, data.select_split: val, "seconds": seconds})
         with open(log_path, "a", newline="") as f:
             csv.writer(f).writerow([epoch + 1, f"{train_loss:.5f}", data.select_split,
-                                    json.dumps({k: round(v, 5) for k, v in val.items()}), f"{score:.5f}",
+                                    json.dumps(rounded(val, 5)), f"{score:.5f}",
                                     f"{lr:.3e}", f"{seconds:.1f}"])
         log.info("epoch %d/%d: loss %.4f, %s %s, %.0fs", epoch + 1, cfg.epochs, train_loss, data.select_split,
-                 {k: round(v, 4) for k, v in val.items()}, seconds)
+                 rounded(val, 4), seconds)
         atomic_torch_save({
             "version": STATE_VERSION, "config": asdict(cfg), "epoch": epoch + 1, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
