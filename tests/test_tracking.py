@@ -143,7 +143,7 @@ def test_frames_that_disagree_keep_the_estimate_uncertain():
     for i in range(50):
         (a,) = calm.update([make_face(years=30, std=3)])
         (b,) = torn.update([make_face(years=20 if i % 2 else 45, std=3)])
-    assert b.smoothed.age.std > 3 * a.smoothed.age.std
+    assert b.smoothed.age.std > 2 * a.smoothed.age.std
 
 
 def test_poor_quality_frames_count_less():
@@ -156,9 +156,9 @@ def test_poor_quality_frames_count_less():
             tracker.update([replace(make_face(years=30, p_female=0.9), quality=good)])
             (t,) = tracker.update([replace(make_face(years=60, p_female=0.1), quality=second)])
         estimates[name] = t.smoothed
-    # The poor frames say 60 and male; they barely move the estimate. Counted fully, they would pull the
-    # age past the middle (their spread, 4 years at 60, is the smaller one in log space).
-    assert estimates["weighted"].age.years < 34 and estimates["control"].age.years > 45
+    # The poor frames say 60 and male; they barely move the estimate. Counted fully, half the frames
+    # would pull the age to the middle (in log space: sqrt(31 * 61) - 1 = 42.5).
+    assert estimates["weighted"].age.years < 34 and estimates["control"].age.years == pytest.approx(42.5, abs=0.2)
     assert estimates["weighted"].gender.label == "female" and estimates["weighted"].gender.probability > 0.85
     assert estimates["control"].gender.probability == pytest.approx(0.5)
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import load_checkpoint
+from models.age_gender import MAX_AGE
 from models.emotion import EMOTION_CLASSES
 from training import metrics as M
 from training.engine import fit_to, predict, resolve_device
@@ -129,6 +130,25 @@ def ferplus_majority(data_path: str, task_data, split: str, cache_dir: str | Non
     return M.majority_labels(fer.votes[task_data.splits[split]])
 
 
+def spread_calibration(outputs: torch.Tensor, ages: np.ndarray, groups: int = 5) -> list[dict]:
+    """Is the age head's predicted spread honest? Per quintile of predicted log-spread (std / (1 + age)),
+    the root-mean-square error in log space; a track weighs its frames by that spread (app/tracking.py)."""
+    from models.age_gender import decode_age_gender
+
+    dec = decode_age_gender(outputs)
+    mean, std = dec.age_mean.numpy().astype(np.float64), dec.age_std.numpy().astype(np.float64)
+    spread = std / (1 + mean)
+    err = np.log1p(np.minimum(ages, MAX_AGE)) - np.log1p(mean)
+    edges = np.quantile(spread, np.linspace(0, 1, groups + 1))
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (spread >= lo) & (spread <= hi)
+        rows.append({"predicted_log_spread": [round(float(lo), 3), round(float(hi), 3)], "n": int(m.sum()),
+                     "rms_log_error": round(float(np.sqrt((err[m] ** 2).mean())), 3),
+                     "mean_predicted_age": round(float(mean[m].mean()), 1)})
+    return rows
+
+
 def robustness_table(rows: list[dict], task: str) -> str:
     if task == "emotion":
         lines = ["| faces | accuracy | change (points) | balanced accuracy | within 5 points |",
@@ -199,6 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
             pred = outputs.argmax(1).numpy()
             results[name]["ferplus_majority"] = {"accuracy": M.accuracy(majority[known], pred[known]),
                                                  "n": int(known.sum())}
+        if a.task == "age_gender":
+            results[name]["spread_calibration"] = spread_calibration(outputs, data.extra["ages"][data.splits[a.split]])
     if a.robustness:
         results["robustness"] = run_robustness(model, card, data, a.split, device, results["plain"])
 
@@ -230,6 +252,9 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{r['adults']['gender_accuracy']:.4f}  (n={r['adults']['n']})")
             print(table)
             print(f"fairness table: {md}")
+            print("predicted log-spread -> RMS log error: " + "; ".join(
+                f"{c['predicted_log_spread'][0]}-{c['predicted_log_spread'][1]}: {c['rms_log_error']} "
+                f"(age ~{c['mean_predicted_age']})" for c in r["spread_calibration"]))
     if a.robustness:
         table = robustness_table(results["robustness"], a.task)
         md = a.out / f"robustness_{a.split}.md"
