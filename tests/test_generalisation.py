@@ -246,8 +246,11 @@ def test_age_gender_evaluation_has_an_adults_line_and_a_grey_row(utk_dir, tmp_pa
         train.main(["age_gender", "--data", str(utk_dir), "--out", str(model), "--workdir", str(tmp_path / "run"),
                     "--template-samples", "0", *cache, *FAST])
         res = evaluate.main(["age_gender", "--data", str(utk_dir), "--weights", str(model), "--split", "train",
-                             "--robustness", "--threads", "1", "--out", str(tmp_path / "eval"), *cache])
+                             "--robustness", "--served", "--threads", "1", "--out", str(tmp_path / "eval"), *cache])
     adults = res["plain"]["adults"]
     assert adults["ages"] == [18, 70] and 0 < adults["n"] < res["n"]
     assert "grey" in {r["corruption"] for r in res["robustness"]}
     assert "adults 18-70" in (tmp_path / "eval" / "fairness_train.md").read_text()
+    assert res["served"] == {"found": 0, "of": res["n"]}  # noise pictures: MTCNN finds no face, nothing to score
+    calibration = res["plain"]["spread_calibration"]
+    assert sum(c["n"] for c in calibration) >= res["n"] and all(c["rms_log_error"] >= 0 for c in calibration)
