@@ -225,8 +225,15 @@ def test_calibrate_folds_the_adjustment_into_the_bias_and_evaluate_reports_it_al
         calibrate.main(["--data", str(fer_dir), "--weights", str(tmp_path / "adj.pt"), "--out",
                         str(tmp_path / "x.pt"), *cache])
 
+    weights_before = load_checkpoint(model, "emotion").model.state_dict()
     res = evaluate.main(["emotion", "--data", str(fer_dir), "--weights", str(model), "--robustness", "--threads", "1",
-                         "--out", str(tmp_path / "eval"), *cache])
+                         "--record", "--out", str(tmp_path / "eval"), *cache])
+    recorded = load_checkpoint(model, "emotion")
+    summary = recorded.card.metrics["evaluation"]["PrivateTest"]
+    assert summary["plain"]["accuracy"] == pytest.approx(res["plain"]["accuracy"], abs=1e-4)
+    assert set(summary["robustness"]) == {r["corruption"] for r in res["robustness"]}
+    for k, v in recorded.model.state_dict().items():  # --record leaves the weights as they were
+        torch.testing.assert_close(v, weights_before[k])
     plain = res["plain"]
     assert 0 <= plain["balanced_accuracy"] <= 1
     # FER+ majority: ties (every other row) are left out, so 3 of the 6 PrivateTest rows count.

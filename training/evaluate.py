@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--robustness", action="store_true",
                    help="also score the split's faces after each corruption of training/robustness.py")
+    p.add_argument("--record", action="store_true",
+                   help="write a summary of these figures into the checkpoint's card (metrics.evaluation.<split>), "
+                        "which GET /api/v1/models reports")
     p.add_argument("--served", action="store_true",
                    help="also score the faces as the app frames them: each image set in a grey border, MTCNN, "
                         "then align_face with the checkpoint's landmark template")
@@ -219,6 +222,29 @@ def run_served(model, card, data, split: str, device) -> dict:
     return {**metrics, "found": len(rows), "of": int(len(split_rows))}
 
 
+def evaluation_summary(results: dict) -> dict:
+    """The figures a user of the API cares about, from one evaluation run (see ``--record``)."""
+    keep = ("accuracy", "balanced_accuracy", "macro_f1", "mae", "cs5", "gender_accuracy", "n")
+    out = {"command": "python -m training.evaluate", "split": results["split"]}
+    for name in ("plain", "tta"):
+        if name in results:
+            r = results[name]
+            out[name] = {k: r[k] for k in keep if k in r}
+            if "per_class" in r:
+                out[name]["recall"] = {c: round(v["recall"], 4) for c, v in r["per_class"].items()}
+            for extra in ("ferplus_majority", "adults"):
+                if extra in r:
+                    out[name][extra] = r[extra]
+    if "robustness" in results:
+        key = "accuracy" if "accuracy" in results["plain"] else "gender_accuracy"
+        out["robustness"] = {r["corruption"]: {key: r[key], "delta_points": round(r["delta_points"], 2),
+                                               **({"mae": r["mae"]} if "mae" in r else {})}
+                             for r in results["robustness"]}
+    if "served" in results:
+        out["served"] = {k: v for k, v in results["served"].items() if k != "adults"}
+    return plain(rounded(out, 4))
+
+
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -302,6 +328,14 @@ def main(argv: list[str] | None = None) -> dict:
         md.write_text(f"{a.split}, {Path(a.weights).name}, single crop\n\n{table}\n")
         print(f"\nrobustness ({a.split}, single crop):\n{table}\nrobustness table: {md}")
     results = plain(results)
+    if a.record:
+        from models.checkpoint import save_checkpoint
+
+        fresh = load_checkpoint(a.weights, a.task)  # unfused, on the CPU, as it is stored
+        evaluation = {**fresh.card.metrics.get("evaluation", {}), a.split: evaluation_summary(results)}
+        fresh.card.metrics = {**fresh.card.metrics, "evaluation": evaluation}
+        save_checkpoint(a.weights, fresh.model, fresh.card)
+        print(f"recorded in {a.weights}: metrics.evaluation.{a.split}")
     (a.out / f"results_{a.split}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {a.out / f'results_{a.split}.json'}")
     return results
