@@ -44,6 +44,7 @@ def create_app(config_class: type = Config, service=None) -> Flask:
     from app.vendor import bp as vendor_bp
 
     errors.init_app(app)
+    socketio.on_error_default(errors.socket_error)  # /live has its own (its acks carry "seq")
     cli.init_app(app)
     app.register_blueprint(photo_bp)
     app.register_blueprint(api_bp, url_prefix="/api/v1")

@@ -71,3 +71,18 @@ def init_app(app: Flask) -> None:
             return error_response(500, "internal error; the server logged the details", "internal_error")
         return render_template("error.html", status=500, title="Internal error",
                                message="Something went wrong; the server logged the details."), 500
+
+
+def socket_error(exc: Exception):
+    """An unexpected failure in a Socket.IO handler (every namespace without a handler of its own):
+    logged, told to the client as an ``error`` event and as the acknowledgement when the event asked
+    for one. The connection stays up; a failed ``connect`` is refused."""
+    from flask_socketio import emit
+
+    event, namespace = request.event["message"], request.namespace
+    log.error("socket.io %r handler failed on %s for client %s", event, namespace, request.sid, exc_info=exc)
+    if event == "connect":
+        return False
+    body = error_body("internal_error", f"the server failed on this {event!r} event; it logged the details")
+    emit("error", body, namespace=namespace)
+    return body

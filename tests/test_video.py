@@ -373,3 +373,60 @@ def test_track_summary_memory_is_bounded_and_its_figures_exact():
     assert len(frames) == TIMELINE_POINTS and frames[0] == 0 and frames[-1] == n - 1  # whole track, evenly
     gaps = np.diff(frames)[:-1]  # the last gap reaches the newest frame, whatever the stride
     assert gaps.max() <= 2 * gaps.min()
+
+
+def test_an_unknown_codec_tag_is_a_clear_415(video_client, clip):
+    """One byte changed in the sample description (avc1 -> cvc1): FFmpeg opens the file but has no
+    decoder for the stream (PyAV's codec_context is None); this was a 500."""
+    data = clip.read_bytes()
+    at = data.rfind(b"avc1")
+    assert at > data.find(b"ftyp") + 16  # the stsd entry, not a brand in the ftyp box
+    response = post_video(video_client, data[:at] + b"cvc1" + data[at + 4:], "face.mp4")
+    assert response.status_code == 415, response.get_data(as_text=True)
+    assert response.get_json()["error"]["code"] == "unsupported_codec"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "WEBP"])
+def test_still_images_are_not_videos(video_client, astronaut, fmt):
+    from helpers import encode
+
+    response = post_video(video_client, encode(astronaut, fmt), f"photo.{fmt.lower()}")
+    assert response.status_code == 415, response.get_json()
+    assert response.get_json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_watch_with_bad_arguments_answers_an_error_ack(service, video_config):
+    from app import socketio
+    from app.video.events import NAMESPACE
+
+    app = create_app(video_config, service=service)
+    sio = socketio.test_client(app, namespace=NAMESPACE)
+    for event in ("watch", "unwatch"):
+        for args in ((), (None,), (7,), ({"id": "x"},), ("a" * 32, "b")):
+            ack = sio.emit(event, *args, callback=True, namespace=NAMESPACE)
+            assert ack["error"]["code"] == "invalid_payload", (event, args, ack)
+    assert sio.is_connected(NAMESPACE)
+    sio.disconnect(namespace=NAMESPACE)
+
+
+def test_a_failing_videos_handler_answers_an_error(service, video_config, clip, monkeypatch):
+    import app.video as video
+    from app import socketio
+    from app.video.events import NAMESPACE
+
+    app = create_app(video_config, service=service)
+    job_id = post_video(app.test_client(), clip.read_bytes(), "face.mp4").get_json()["id"]
+
+    def broken(job):
+        raise RuntimeError("status failed")
+
+    monkeypatch.setattr(video, "status_body", broken)
+    sio = socketio.test_client(app, namespace=NAMESPACE)
+    ack = sio.emit("watch", job_id, callback=True, namespace=NAMESPACE)
+    assert ack["error"]["code"] == "internal_error" and "status failed" not in ack["error"]["message"]
+    errors = [e["args"][0] for e in sio.get_received(NAMESPACE) if e["name"] == "error"]
+    assert errors and errors[0]["error"]["code"] == "internal_error"
+    assert sio.is_connected(NAMESPACE)
+    sio.disconnect(namespace=NAMESPACE)
+    monkeypatch.undo()
+    app.test_client().delete(f"/api/v1/videos/{job_id}")

@@ -7,7 +7,7 @@ from pathlib import Path
 from flask import Blueprint, Flask, current_app, render_template, request, send_file, url_for
 from flask_socketio import SocketIO
 
-from app.errors import bad_request, error_response
+from app.errors import bad_request, error_response, socket_error
 from app.video.events import EVENT, NAMESPACE, VideoNamespace
 from app.video.jobs import DONE, OUTPUTS, QUEUED, JobQueue, QueueFull, VideoJob, VideoOptions
 from app.video.probe import VideoError, probe
@@ -180,3 +180,4 @@ def init_app(app: Flask, socketio: SocketIO) -> None:
     app.register_blueprint(api_bp, url_prefix="/api/v1/videos")
     app.extensions["video_socketio_server"] = socketio.server
     socketio.on_namespace(VideoNamespace(NAMESPACE))
+    socketio.on_error(NAMESPACE)(socket_error)
