@@ -27,7 +27,7 @@ COPY app ./app
 COPY models ./models
 COPY templates ./templates
 COPY static ./static
-COPY wsgi.py ./
+COPY wsgi.py gunicorn.conf.py ./
 RUN useradd --create-home faceapp && mkdir -p instance && chown faceapp instance
 USER faceapp
 EXPOSE 5000

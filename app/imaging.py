@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from app.errors import InputError
+from app.errors import InputError, client_message
 
 # Formats we accept, recognised by their first bytes (never by file name or client-sent type).
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
@@ -65,8 +65,12 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         raise
     except Image.DecompressionBombError:
         raise ImageError(422, "too_many_pixels", f"the image has more than {max_pixels:,} pixels") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(400, "corrupt_image", f"the {fmt} file is corrupt or truncated ({exc})") from None
+    except UnidentifiedImageError:
+        # Its message quotes the file object ("cannot identify image file <_io.BytesIO object at 0x...>").
+        raise ImageError(400, "corrupt_image", f"the {fmt} file is corrupt: its header cannot be read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(400, "corrupt_image",
+                         client_message(f"the {fmt} file is corrupt or truncated ({exc})")) from None
     return DecodedImage(pixels=pixels, format=fmt)
 
 

@@ -430,3 +430,29 @@ def test_a_failing_videos_handler_answers_an_error(service, video_config, clip, 
     sio.disconnect(namespace=NAMESPACE)
     monkeypatch.undo()
     app.test_client().delete(f"/api/v1/videos/{job_id}")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("stride", "٣"), ("stride", " 5 "), ("stride", "+5"), ("stride", "5.0"), ("stride", "0x5"),
+    ("search_every", "٣"), ("search_every", " 5 "), ("search_every", "5\n"), ("search_every", "²"),
+    ("alpha", "٠.٥"), ("alpha", " 0.5"), ("alpha", "nan"), ("alpha", "inf"), ("alpha", "0"), ("alpha", "-0.5"),
+])
+def test_options_take_plain_ascii_numbers_only(video_client, clip, field, value):
+    response = post_video(video_client, clip.read_bytes(), "face.mp4", **{field: value})
+    assert response.status_code == 400, (field, value, response.get_json())
+    assert response.get_json()["error"]["code"] == "bad_option"
+
+
+def test_the_openapi_alpha_range_is_the_servers(video_client, clip):
+    """alpha is in (0, 1] on both sides: the spec excludes 0 (the server refuses it) and allows 1."""
+    import yaml
+
+    spec = yaml.safe_load(video_client.get("/api/v1/openapi.yaml").data)
+    schema = spec["paths"]["/api/v1/videos"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    alpha = schema["properties"]["alpha"]
+    assert (alpha["minimum"], alpha.get("exclusiveMinimum"), alpha["maximum"]) == (0, True, 1)
+    for value, status in (("0", 400), ("1", 202), ("1e-3", 202), (".5", 202), ("1.0000001", 400)):
+        response = post_video(video_client, clip.read_bytes(), "face.mp4", alpha=value)
+        assert response.status_code == status, (value, response.get_json())
+        if status == 202:
+            video_client.delete(f"/api/v1/videos/{response.get_json()['id']}")

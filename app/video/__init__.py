@@ -1,6 +1,7 @@
 """Video mode: the /video page, the /api/v1/videos endpoints, and the per-app job queue."""
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -73,15 +74,22 @@ def _urls(job_id: str) -> dict:
     return urls
 
 
+# Form values as the OpenAPI document types them: plain ASCII digits, no spaces, signs or other scripts'
+# digits (Python's int() and float() take ' 5 ', '+5' and Arabic-Indic '٣').
+_INTEGER = re.compile(r"[0-9]{1,9}")
+_NUMBER = re.compile(r"(?:[0-9]{1,9}(?:\.[0-9]{0,17})?|\.[0-9]{1,17})(?:[eE][-+]?[0-9]{1,3})?")
+
+
 def _parse_options() -> VideoOptions | str:
     """Form fields -> options, or the message of a 400."""
     config = current_app.config
-    try:
-        stride = int(request.form.get("stride", "1"))
-        search_every = int(request.form.get("search_every", str(config["VIDEO_SEARCH_EVERY"])))
-        alpha = float(request.form.get("alpha", str(config["VIDEO_DEFAULT_ALPHA"])))
-    except ValueError:
-        return "'stride' and 'search_every' must be integers and 'alpha' a number"
+    form = request.form
+    stride = form.get("stride", "1")
+    search_every = form.get("search_every", str(config["VIDEO_SEARCH_EVERY"]))
+    alpha = form.get("alpha", str(config["VIDEO_DEFAULT_ALPHA"]))
+    if not (_INTEGER.fullmatch(stride) and _INTEGER.fullmatch(search_every) and _NUMBER.fullmatch(alpha)):
+        return "'stride' and 'search_every' must be integers and 'alpha' a number (plain ASCII digits)"
+    stride, search_every, alpha = int(stride), int(search_every), float(alpha)
     if not 1 <= stride <= 30:
         return "'stride' must be between 1 and 30"
     if not 1 <= search_every <= 30:
