@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from app import create_app
-from app.video.jobs import FAILED, RUNNING, JobCancelled, JobQueue, VideoJob
+from app.video.jobs import FAILED, RUNNING, JobCancelled, JobQueue, QueueFull, VideoJob
 from helpers import TestConfig
 from video_clips import decode_all, moving_face_frames, write_clip
 
@@ -249,15 +250,117 @@ def test_photo_uploads_keep_their_own_limit(service, tmp_path, clip):
     assert response.status_code == 413
 
 
-def test_restart_marks_unfinished_jobs_failed(tmp_path):
-    root = tmp_path / "videos"
-    job = VideoJob(id="a" * 32, folder=str(root / ("a" * 32)), status=RUNNING)
-    job.path.mkdir(parents=True)
-    job.save()
+def wait_for(jobs: JobQueue, job_id: str, statuses=("done", "failed", "cancelled"), timeout_s: float = 10):
+    deadline = time.monotonic() + timeout_s
+    while (job := jobs.get(job_id)) is not None and job.status not in statuses:
+        assert time.monotonic() < deadline, f"job {job_id} stayed {job.status}"
+        time.sleep(0.02)
+    return job
 
-    JobQueue(root, runner=lambda *args: None)
-    reloaded = VideoJob.load(job.path)
-    assert reloaded.status == FAILED and reloaded.error == "server restarted"
+
+def test_restart_runs_queued_jobs_and_starts_running_ones_over(tmp_path):
+    """A new process queues again what the last one left: running (starts over) and queued jobs, in the
+    order they were created; a job whose input is gone fails with the reason."""
+    root = tmp_path / "videos"
+    jobs_on_disk = []
+    for i, (status, has_input) in enumerate([(RUNNING, True), ("queued", True), ("queued", False)]):
+        job = VideoJob(id=f"{i}" * 32, folder=str(root / (f"{i}" * 32)), status=status, created=1000.0 + i,
+                       frames_done=5 if status == RUNNING else 0, progress=0.5 if status == RUNNING else 0.0)
+        job.path.mkdir(parents=True)
+        if has_input:
+            job.input_path.write_bytes(b"video")
+        job.save()
+        jobs_on_disk.append(job)
+    ran = []
+
+    def runner(job, cancelled, report):
+        assert job.input_path.read_bytes() == b"video" and job.frames_done == 0
+        ran.append(job.id)
+        (job.path / "summary.json").write_text("{}")
+
+    jobs = JobQueue(root, runner=runner)
+    running, queued, lost = jobs_on_disk
+    assert wait_for(jobs, running.id).status == "done" and wait_for(jobs, queued.id).status == "done"
+    assert ran == [running.id, queued.id]
+    assert any("started over" in note for note in jobs.get(running.id).notes)
+    assert jobs.get(lost.id).status == FAILED and "input" in jobs.get(lost.id).error
+
+
+def test_a_restarted_app_runs_the_jobs_it_finds(service, video_config, clip):
+    """Through create_app: the job queue is built with the app, so recovered jobs start without a request."""
+    root = Path(video_config.UPLOAD_FOLDER) / "videos"
+    job = JobQueue(root, runner=lambda *args: None).new_job("face.mp4", jobs_options())
+    job.input_path.write_bytes(clip.read_bytes())
+    job.frames_total = 24
+    job.save()
+    app = create_app(video_config, service=service)
+    jobs = app.extensions["video_jobs"]
+    assert wait_for(jobs, job.id, timeout_s=JOB_TIMEOUT_S).status == "done"
+    assert (job.path / "summary.json").is_file()
+
+
+def test_deleted_queued_jobs_free_their_slots(tmp_path):
+    import threading
+
+    release = threading.Event()
+    jobs = JobQueue(tmp_path / "videos", runner=lambda job, cancelled, report: release.wait(10), max_queue=2)
+    try:
+        first = jobs.new_job("x.mp4", jobs_options())
+        jobs.submit(first)
+        wait_for(jobs, first.id, statuses=("running",))
+        waiting = [jobs.new_job("x.mp4", jobs_options()) for _ in range(2)]
+        for job in waiting:
+            jobs.submit(job)
+        with pytest.raises(QueueFull):
+            jobs.submit(jobs.new_job("x.mp4", jobs_options()))
+        for job in waiting:
+            assert jobs.delete(job.id)
+        for _ in range(2):  # both slots are free again while the first job still runs
+            jobs.submit(jobs.new_job("x.mp4", jobs_options()))
+        assert jobs.get(first.id).status == RUNNING
+    finally:
+        release.set()
+
+
+def test_inputs_are_deleted_when_jobs_end_and_outputs_kept(tmp_path):
+    def runner(job, cancelled, report):
+        (job.path / "summary.json").write_text("{}")
+        if job.original_filename == "bad.mp4":
+            raise ValueError("the video could not be decoded after frame 3")
+
+    jobs = JobQueue(tmp_path / "videos", runner=runner)
+    for name, status in (("good.mp4", "done"), ("bad.mp4", "failed")):
+        job = jobs.new_job(name, jobs_options())
+        job.input_path.write_bytes(b"video")
+        jobs.submit(job)
+        assert wait_for(jobs, job.id).status == status
+        assert not job.input_path.exists() and (job.path / "summary.json").is_file()
+
+
+def test_deleting_a_running_job_is_not_logged_as_a_failure(tmp_path, caplog):
+    import threading
+
+    started, deleted = threading.Event(), threading.Event()
+
+    def runner(job, cancelled, report):
+        started.set()
+        deleted.wait(10)
+        job.input_path.read_bytes()  # gone with its folder: FileNotFoundError, as a decoder would hit
+
+    jobs = JobQueue(tmp_path / "videos", runner=runner)
+    job = jobs.new_job("x.mp4", jobs_options())
+    job.input_path.write_bytes(b"video")
+    with caplog.at_level(logging.INFO, logger="app.video.jobs"):
+        jobs.submit(job)
+        assert started.wait(10)
+        assert jobs.delete(job.id)
+        deleted.set()
+        deadline = time.monotonic() + 10
+        while "cancelled" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert f"video job {job.id} cancelled" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert not job.path.exists()
 
 
 def test_failures_during_processing_end_the_job_with_a_reason(tmp_path):

@@ -189,3 +189,5 @@ def init_app(app: Flask, socketio: SocketIO) -> None:
     app.extensions["video_socketio_server"] = socketio.server
     socketio.on_namespace(VideoNamespace(NAMESPACE))
     socketio.on_error(NAMESPACE)(socket_error)
+    with app.app_context():
+        get_queue()  # now, not at the first request: jobs a previous run left unfinished start again
