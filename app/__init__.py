@@ -35,9 +35,11 @@ def create_app(config_class: type = Config, service=None) -> Flask:
         service = InferenceService.from_config(app.config)
     app.extensions["inference"] = service
 
-    socketio.init_app(app, async_mode="threading", max_http_buffer_size=app.config["MAX_CONTENT_LENGTH"])
+    # Only our namespaces: a connection to any other (or to none) is refused, not held.
+    socketio.init_app(app, async_mode="threading", max_http_buffer_size=app.config["MAX_CONTENT_LENGTH"],
+                      namespaces=["/live", "/videos"])
 
-    from app import cli, errors, live, video
+    from app import cli, errors, live, security, video
     from app.api import bp as api_bp
     from app.api.health import probes
     from app.photo import bp as photo_bp
@@ -45,6 +47,7 @@ def create_app(config_class: type = Config, service=None) -> Flask:
 
     errors.init_app(app)
     socketio.on_error_default(errors.socket_error)  # /live has its own (its acks carry "seq")
+    limiter = security.init_app(app)  # after socketio.init_app: its headers wrap Socket.IO's answers too
     cli.init_app(app)
     app.register_blueprint(photo_bp)
     app.register_blueprint(api_bp, url_prefix="/api/v1")
@@ -52,6 +55,9 @@ def create_app(config_class: type = Config, service=None) -> Flask:
     app.register_blueprint(vendor_bp)
     video.init_app(app, socketio)  # after socketio.init_app, as live
     live.init_app(app, socketio)  # after socketio.init_app: it registers on this app's server
+    for blueprint in (api_bp, video.api_bp):
+        limiter.limit(app.config["RATE_LIMIT"])(blueprint)
+        limiter.limit(app.config["UPLOAD_RATE_LIMIT"], methods=["POST"])(blueprint)
 
     @app.context_processor
     def inject_globals():

@@ -70,6 +70,17 @@ class Config:
     # (app/inference/keyframes.py, as in video mode); a face that enters is found at most n - 1 frames late.
     LIVE_SEARCH_EVERY = _int("LIVE_SEARCH_EVERY", 3)
 
+    # The door (app/security.py). API_KEYS: comma-separated keys, each at least 16 characters; unset, the
+    # app is open. Rate limits are Flask-Limiter strings, counted per key (or per address without one).
+    API_KEYS = os.environ.get("API_KEYS", "")
+    RATELIMIT_ENABLED = os.environ.get("RATELIMIT_ENABLED", "true").strip().lower() not in ("0", "false", "no", "off")
+    RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")  # e.g. redis://host:6379
+    RATE_LIMIT = os.environ.get("RATE_LIMIT", "600 per minute")  # every /api/v1 route, each counted apart
+    UPLOAD_RATE_LIMIT = os.environ.get("UPLOAD_RATE_LIMIT", "120 per minute")  # POST images, POST videos
+    LOGIN_RATE_LIMIT = os.environ.get("LOGIN_RATE_LIMIT", "10 per minute")
+    SESSION_COOKIE_SAMESITE = "Strict"  # the login session never rides on another site's request
+    SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "").strip().lower() in ("1", "true", "yes")
+
     LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
     TESTING = False
 

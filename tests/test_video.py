@@ -58,6 +58,11 @@ def post_video(client, data: bytes, name: str, **form):
                        content_type="multipart/form-data")
 
 
+def delete_video(client, created: dict):
+    """DELETE as the job's creator: with the token its upload answered."""
+    return client.delete(f"/api/v1/videos/{created['id']}", headers={"X-Delete-Token": created["delete_token"]})
+
+
 def wait_done(client, job_id: str) -> dict:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -163,13 +168,14 @@ def test_outputs_are_409_until_done_and_404_for_unknown(video_client, clip):
 
 
 def test_delete_cancels_and_removes_files(video_client, video_config, clip):
-    job_id = post_video(video_client, clip.read_bytes(), "face.mp4").get_json()["id"]
+    created = post_video(video_client, clip.read_bytes(), "face.mp4").get_json()
+    job_id = created["id"]
     folder = Path(video_config.UPLOAD_FOLDER) / "videos" / job_id
     assert folder.is_dir()
-    assert video_client.delete(f"/api/v1/videos/{job_id}").status_code == 204
+    assert delete_video(video_client, created).status_code == 204
     assert not folder.exists()
     assert video_client.get(f"/api/v1/videos/{job_id}").status_code == 404
-    assert video_client.delete(f"/api/v1/videos/{job_id}").status_code == 404
+    assert delete_video(video_client, created).status_code == 404
     time.sleep(0.5)  # a running job stops at its next chunk and must not recreate the folder
     assert not folder.exists()
 
@@ -409,11 +415,13 @@ def test_full_queue_answers_503(service, video_config, clip, tmp_path):
         VIDEO_MAX_QUEUE = 1
 
     client = create_app(Tiny, service=service).test_client()
-    codes = [post_video(client, clip.read_bytes(), "face.mp4").status_code for _ in range(3)]
+    responses = [post_video(client, clip.read_bytes(), "face.mp4") for _ in range(3)]
+    codes = [r.status_code for r in responses]
     # The worker takes the first at once; the second waits; the third finds the queue full.
     assert 503 in codes and codes[0] == 202, codes
-    for job_id in [p.name for p in (tmp_path / "uploads" / "videos").iterdir()]:
-        client.delete(f"/api/v1/videos/{job_id}")  # stop the work the test no longer needs
+    for response in responses:
+        if response.status_code == 202:
+            delete_video(client, response.get_json())  # stop the work the test no longer needs
 
 
 def test_ttl_cleanup_removes_old_finished_jobs(tmp_path):
@@ -518,7 +526,8 @@ def test_a_failing_videos_handler_answers_an_error(service, video_config, clip, 
     from app.video.events import NAMESPACE
 
     app = create_app(video_config, service=service)
-    job_id = post_video(app.test_client(), clip.read_bytes(), "face.mp4").get_json()["id"]
+    created = post_video(app.test_client(), clip.read_bytes(), "face.mp4").get_json()
+    job_id = created["id"]
 
     def broken(job):
         raise RuntimeError("status failed")
@@ -532,7 +541,7 @@ def test_a_failing_videos_handler_answers_an_error(service, video_config, clip, 
     assert sio.is_connected(NAMESPACE)
     sio.disconnect(namespace=NAMESPACE)
     monkeypatch.undo()
-    app.test_client().delete(f"/api/v1/videos/{job_id}")
+    delete_video(app.test_client(), created)
 
 
 @pytest.mark.parametrize("field, value", [
@@ -558,4 +567,4 @@ def test_the_openapi_alpha_range_is_the_servers(video_client, clip):
         response = post_video(video_client, clip.read_bytes(), "face.mp4", alpha=value)
         assert response.status_code == status, (value, response.get_json())
         if status == 202:
-            video_client.delete(f"/api/v1/videos/{response.get_json()['id']}")
+            delete_video(video_client, response.get_json())

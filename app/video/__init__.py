@@ -9,6 +9,7 @@ from flask import Blueprint, Flask, current_app, render_template, request, send_
 from flask_socketio import SocketIO
 
 from app.errors import bad_request, error_response, socket_error
+from app.security import current_key_id
 from app.video.events import EVENT, NAMESPACE, VideoNamespace
 from app.video.jobs import DONE, OUTPUTS, QUEUED, JobQueue, QueueFull, VideoJob, VideoOptions
 from app.video.probe import VideoError, probe
@@ -19,6 +20,7 @@ api_bp = Blueprint("video_api", __name__)
 
 _SUFFIXES = {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".ogv"}
 _queue_lock = threading.Lock()
+DELETE_TOKEN_HEADER = "X-Delete-Token"
 
 
 def get_queue() -> JobQueue:
@@ -110,6 +112,8 @@ def create():
     suffix = Path(upload.filename or "").suffix.lower()
     jobs = get_queue()
     job = jobs.new_job(upload.filename or "video", options, suffix if suffix in _SUFFIXES else ".bin")
+    delete_token = job.new_delete_token()
+    job.owner = current_key_id()
     try:
         upload.save(job.input_path)
         config = current_app.config
@@ -126,7 +130,7 @@ def create():
     except BaseException:
         jobs.delete(job.id)  # e.g. a full disk: leave no half-made job behind
         raise
-    body = {"id": job.id, "status": job.status, "urls": _urls(job.id)}
+    body = {"id": job.id, "status": job.status, "urls": _urls(job.id), "delete_token": delete_token}
     return body, 202, {"Location": body["urls"]["status"]}
 
 
@@ -144,6 +148,14 @@ def status(job_id: str):
 
 @api_bp.delete("/<job_id>")
 def delete(job_id: str):
+    """Only by its creator: the ``delete_token`` of the upload's answer in ``X-Delete-Token``, or the
+    API key that uploaded it."""
+    job = _job_or_404(job_id)
+    if job is None:
+        return error_response(404, "no such video job", "not_found")
+    if not job.may_delete(request.headers.get(DELETE_TOKEN_HEADER), current_key_id()):
+        return error_response(403, f"only the job's creator may delete it: send the upload's delete_token in "
+                                   f"{DELETE_TOKEN_HEADER}", "forbidden")
     if not get_queue().delete(job_id):
         return error_response(404, "no such video job", "not_found")
     return "", 204

@@ -7,9 +7,10 @@ Any other argument is answered with an error acknowledgement, never a failed han
 """
 from __future__ import annotations
 
-from flask_socketio import Namespace, join_room, leave_room
+from flask_socketio import ConnectionRefusedError, Namespace, join_room, leave_room
 
 from app.errors import error_body
+from app.security import UNAUTHORIZED, socket_allowed
 
 NAMESPACE = "/videos"
 EVENT = "progress"
@@ -21,6 +22,10 @@ def _job_id(args: tuple) -> str | None:
 
 
 class VideoNamespace(Namespace):
+    def on_connect(self, auth=None):
+        if not socket_allowed(auth):
+            raise ConnectionRefusedError(UNAUTHORIZED, {"code": "unauthorized"})
+
     def on_watch(self, *args):
         from app.video import get_queue, status_body  # here: app.video imports this module
 

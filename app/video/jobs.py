@@ -3,9 +3,12 @@ the bounded queue whose worker threads run them."""
 from __future__ import annotations
 
 import collections
+import hashlib
+import hmac
 import json
 import logging
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -57,6 +60,10 @@ class VideoJob:
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     started: float | None = None
+    # Who may delete the job: the holder of the token returned at creation (stored hashed), or a request
+    # made with the API key that created it (its id, app/security.py). Neither is ever reported.
+    delete_token_sha256: str | None = None
+    owner: str | None = None
 
     @property
     def path(self) -> Path:
@@ -79,6 +86,18 @@ class VideoJob:
         tmp = self.path / f"{JOB_FILE}.{threading.get_ident()}.tmp"
         tmp.write_text(json.dumps(asdict(self), indent=1))
         os.replace(tmp, self.path / JOB_FILE)
+
+    def new_delete_token(self) -> str:
+        token = secrets.token_urlsafe(24)
+        self.delete_token_sha256 = hashlib.sha256(token.encode()).hexdigest()
+        return token
+
+    def may_delete(self, token: str | None, key_id: str | None) -> bool:
+        if key_id is not None and self.owner is not None and hmac.compare_digest(key_id, self.owner):
+            return True
+        if not token or self.delete_token_sha256 is None:
+            return False
+        return hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), self.delete_token_sha256)
 
     @classmethod
     def load(cls, folder: Path) -> "VideoJob":
