@@ -34,6 +34,9 @@ def create_app(config_class: type = Config, service=None) -> Flask:
 
         service = InferenceService.from_config(app.config)
     app.extensions["inference"] = service
+    from app.budget import PixelBudget
+
+    app.extensions["pixel_budget"] = PixelBudget(app.config["PIXEL_BUDGET"], app.config["PIXEL_BUDGET_WAIT_S"])
 
     # Only our namespaces: a connection to any other (or to none) is refused, not held.
     socketio.init_app(app, async_mode="threading", max_http_buffer_size=app.config["MAX_CONTENT_LENGTH"],

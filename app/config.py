@@ -51,6 +51,14 @@ class Config:
     MAX_CONTENT_LENGTH = int(MAX_UPLOAD_MB * 1024 * 1024)
     MAX_IMAGE_PIXELS = _int("MAX_IMAGE_PIXELS", 40_000_000)
     MAX_IMAGES_PER_REQUEST = _int("MAX_IMAGES_PER_REQUEST", 16)
+    # Larger photos are decoded reduced to this longest side (JPEG at a reduced DCT scale). Detection sees
+    # at most DETECTOR_MAX_SIDE (1280) px, where the smallest face found is DETECTOR_MIN_FACE (20) px: at
+    # 4096 px that face is still 64 px, the size the models read, so nothing they see is lost.
+    DECODE_MAX_SIDE = _int("FACEAPP_DECODE_MAX_SIDE", 4096)
+    # Full-size pixels of the photos decoded and analysed at once, all requests together; a photo that
+    # does not fit waits up to PIXEL_BUDGET_WAIT_S, then gets 503 (app/budget.py).
+    PIXEL_BUDGET = _int("FACEAPP_PIXEL_BUDGET", 120_000_000)
+    PIXEL_BUDGET_WAIT_S = _float("FACEAPP_PIXEL_BUDGET_WAIT_S", 10.0)
     UPLOAD_FOLDER = os.environ.get("UPLOAD_FOLDER", str(ROOT / "instance" / "uploads"))
 
     # Front-end libraries installed from npm (package.json) into a git-ignored folder

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from flask import (Blueprint, Flask, Request, current_app, g, redirect, render_template, request, session,
                    url_for)
-from flask_limiter import Limiter
+from flask_limiter import HeaderNames, Limiter
 from flask_limiter.util import get_remote_address
 
 from app.errors import error_response
@@ -185,6 +185,15 @@ class InMemoryUploadsRequest(Request):
         return io.BytesIO()
 
 
+RATE_LIMIT_RETRY_AFTER = "X-RateLimit-Retry-After"
+
+
+def _retry_after_on_429(response):
+    if response.status_code == 429 and "Retry-After" not in response.headers:
+        response.headers["Retry-After"] = response.headers.get(RATE_LIMIT_RETRY_AFTER, "60")
+    return response
+
+
 def rate_limit_key() -> str:
     """Per key when the request has one, else per client address."""
     return current_key_id() or get_remote_address()
@@ -198,7 +207,12 @@ def init_app(app: Flask) -> Limiter:
     app.register_blueprint(bp)
     app.before_request(require_key)
     app.wsgi_app = SecurityHeaders(app.wsgi_app)
+    # Flask-Limiter puts its Retry-After on every response, which would override the one of a 503 and
+    # tell a client of a 200 to wait: it goes in its own header, and becomes Retry-After on a 429 only.
+    # Registered before the limiter, so that it runs after the limiter's own after_request.
+    app.after_request(_retry_after_on_429)
     limiter = Limiter(rate_limit_key, app=app, storage_uri=app.config["RATELIMIT_STORAGE_URI"],
-                      headers_enabled=True, strategy="moving-window")
+                      headers_enabled=True, strategy="moving-window",
+                      header_name_mapping={HeaderNames.RETRY_AFTER: RATE_LIMIT_RETRY_AFTER})
     limiter.limit(app.config["LOGIN_RATE_LIMIT"], methods=["POST"])(bp)
     return limiter

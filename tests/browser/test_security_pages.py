@@ -51,7 +51,7 @@ def test_pages_run_under_the_csp(page, page_log, live_server, path):
 def cancel_a_running_upload(page, clip) -> str:
     page.set_input_files("#video-input", str(clip))
     expect(page.locator("#job-cancel")).to_be_visible(timeout=30_000)
-    page.wait_for_function("location.hash.startsWith('#job=')")
+    page.wait_for_function("() => location.hash.startsWith('#job=')")
     job_id = page.evaluate("location.hash.slice(5)")
     page.locator("#job-cancel").click()
     expect(page.locator("#status")).to_contain_text("cancelled")
