@@ -43,6 +43,7 @@ def create_app(config_class: type = Config, service=None) -> Flask:
                       namespaces=["/live", "/videos"])
 
     from app import cli, errors, live, security, video
+    from app.connections import ConnectionGuard
     from app.api import bp as api_bp
     from app.api.health import probes
     from app.photo import bp as photo_bp
@@ -50,6 +51,8 @@ def create_app(config_class: type = Config, service=None) -> Flask:
 
     errors.init_app(app)
     socketio.on_error_default(errors.socket_error)  # /live has its own (its acks carry "seq")
+    app.wsgi_app = ConnectionGuard(app.wsgi_app, app.config["MAX_SOCKET_CONNECTIONS"],
+                                   app.config["MAX_CONCURRENT_UPLOADS"], app.config["REQUEST_BODY_TIMEOUT_S"])
     limiter = security.init_app(app)  # after socketio.init_app: its headers wrap Socket.IO's answers too
     cli.init_app(app)
     app.register_blueprint(photo_bp)

@@ -42,7 +42,7 @@ def release_free_memory() -> bool:
 
 
 class PixelBudget:
-    def __init__(self, budget: int, wait_s: float = 10.0, trim_after_pixels: int = 8_000_000):
+    def __init__(self, budget: int, wait_s: float = 30.0, trim_after_pixels: int = 8_000_000):
         if budget < 1:
             raise ValueError("the pixel budget must be positive")
         self.budget = int(budget)

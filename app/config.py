@@ -58,7 +58,7 @@ class Config:
     # Full-size pixels of the photos decoded and analysed at once, all requests together; a photo that
     # does not fit waits up to PIXEL_BUDGET_WAIT_S, then gets 503 (app/budget.py).
     PIXEL_BUDGET = _int("FACEAPP_PIXEL_BUDGET", 120_000_000)
-    PIXEL_BUDGET_WAIT_S = _float("FACEAPP_PIXEL_BUDGET_WAIT_S", 10.0)
+    PIXEL_BUDGET_WAIT_S = _float("FACEAPP_PIXEL_BUDGET_WAIT_S", 30.0)
     UPLOAD_FOLDER = os.environ.get("UPLOAD_FOLDER", str(ROOT / "instance" / "uploads"))
 
     # Front-end libraries installed from npm (package.json) into a git-ignored folder
@@ -88,6 +88,13 @@ class Config:
     LOGIN_RATE_LIMIT = os.environ.get("LOGIN_RATE_LIMIT", "10 per minute")
     SESSION_COOKIE_SAMESITE = "Strict"  # the login session never rides on another site's request
     SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "").strip().lower() in ("1", "true", "yes")
+
+    # Connections (app/connections.py): gunicorn has a thread per request (make run: 32) and a Socket.IO
+    # connection holds one while it lives. Sockets (every namespace) + uploads stay below the threads,
+    # so that the rest answer /healthz, pages and quick calls whatever slow or idle clients do.
+    MAX_SOCKET_CONNECTIONS = _int("MAX_SOCKET_CONNECTIONS", 20)  # >= MAX_LIVE_CLIENTS, + video watchers
+    MAX_CONCURRENT_UPLOADS = _int("MAX_CONCURRENT_UPLOADS", 8)  # requests whose body is being received
+    REQUEST_BODY_TIMEOUT_S = _float("REQUEST_BODY_TIMEOUT_S", 15.0)  # longest pause inside a request body
 
     LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
     TESTING = False

@@ -59,8 +59,9 @@ def image_pixels(data: bytes, max_pixels: int) -> int:
 def decode_image(data: bytes, max_pixels: int, max_side: int | None = None) -> DecodedImage:
     """Decode an uploaded image.
 
-    ``max_side``: a larger picture is decoded reduced to this longest side: JPEG at a reduced DCT scale
-    (Pillow's ``draft``: never materialised at full size), other formats reduced right after decoding.
+    ``max_side``: a larger picture is decoded reduced: a JPEG at a reduced DCT scale (Pillow's ``draft``;
+    never materialised at full size) to a longest side between ``max_side / 2`` and ``max_side``, other
+    formats to ``max_side`` right after decoding.
 
     Raises:
         ImageError: 400 empty or corrupt, 415 not a supported image type, 422 too many pixels.
@@ -74,8 +75,11 @@ def decode_image(data: bytes, max_pixels: int, max_side: int | None = None) -> D
             if img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):  # a quarter turn
                 width, height = height, width
             if max_side and max(width, height) > max_side and fmt == "JPEG":
-                ratio = max_side / max(width, height)
-                # draft picks the smallest DCT scale (1/2, 1/4, 1/8) that still covers the size asked for
+                # draft decodes at the smallest DCT scale (1/2, 1/4, 1/8) whose picture still covers the
+                # size asked for. Asking for half of max_side lands between max_side / 2 and max_side:
+                # the picture is never materialised at full size (asking for max_side itself would
+                # keep a 7296 px photo at full size, as 3648 < 4096).
+                ratio = max_side / 2 / max(width, height)
                 img.draft("RGB", (max(1, int(img.size[0] * ratio)), max(1, int(img.size[1] * ratio))))
             img.load()
             img = ImageOps.exif_transpose(img)
