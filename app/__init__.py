@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 # Created unbound so that importing the package builds no app and loads no model.
 socketio = SocketIO()
+SOCKET_NAMESPACES = ["/live", "/videos"]
 
 
 def create_app(config_class: type = Config, service=None) -> Flask:
@@ -40,10 +41,10 @@ def create_app(config_class: type = Config, service=None) -> Flask:
 
     # Only our namespaces: a connection to any other (or to none) is refused, not held.
     socketio.init_app(app, async_mode="threading", max_http_buffer_size=app.config["MAX_CONTENT_LENGTH"],
-                      namespaces=["/live", "/videos"])
+                      namespaces=SOCKET_NAMESPACES)
 
     from app import cli, errors, live, security, video
-    from app.connections import ConnectionGuard
+    from app.connections import ConnectionGuard, close_connections_without_namespace
     from app.api import bp as api_bp
     from app.api.health import probes
     from app.photo import bp as photo_bp
@@ -53,6 +54,7 @@ def create_app(config_class: type = Config, service=None) -> Flask:
     socketio.on_error_default(errors.socket_error)  # /live has its own (its acks carry "seq")
     app.wsgi_app = ConnectionGuard(app.wsgi_app, app.config["MAX_SOCKET_CONNECTIONS"],
                                    app.config["MAX_CONCURRENT_UPLOADS"], app.config["REQUEST_BODY_TIMEOUT_S"])
+    close_connections_without_namespace(socketio.server, SOCKET_NAMESPACES, app.config["SOCKET_JOIN_GRACE_S"])
     limiter = security.init_app(app)  # after socketio.init_app: its headers wrap Socket.IO's answers too
     cli.init_app(app)
     app.register_blueprint(photo_bp)

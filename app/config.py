@@ -95,6 +95,7 @@ class Config:
     MAX_SOCKET_CONNECTIONS = _int("MAX_SOCKET_CONNECTIONS", 20)  # >= MAX_LIVE_CLIENTS, + video watchers
     MAX_CONCURRENT_UPLOADS = _int("MAX_CONCURRENT_UPLOADS", 8)  # requests whose body is being received
     REQUEST_BODY_TIMEOUT_S = _float("REQUEST_BODY_TIMEOUT_S", 15.0)  # longest pause inside a request body
+    SOCKET_JOIN_GRACE_S = _float("SOCKET_JOIN_GRACE_S", 10.0)  # a socket in no namespace after this is closed
 
     LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
     TESTING = False

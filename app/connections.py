@@ -172,3 +172,34 @@ def _closing_on_timeout(start_response):
 def _has_body(environ) -> bool:
     length = environ.get("CONTENT_LENGTH") or ""
     return (length.isdigit() and int(length) > 0) or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+
+
+def close_connections_without_namespace(server, namespaces: list[str], grace_s: float) -> None:
+    """A Socket.IO connection that has joined none of ``namespaces`` ``grace_s`` after it opened (it
+    joined none, or every join was refused: busy, unauthorized) is closed, so that idle connections
+    cannot keep the socket slots from live clients. ``server`` is the python-socketio server."""
+    connected = server._handle_eio_connect  # python-socketio's own engine.io connect handler
+
+    def on_connect(eio_sid, environ, *args):
+        result = connected(eio_sid, environ, *args)
+        timer = threading.Timer(grace_s, _close_if_idle, (server, eio_sid, namespaces))
+        timer.daemon = True
+        timer.start()
+        return result
+
+    server.eio.on("connect", on_connect)
+
+
+def _close_if_idle(server, eio_sid: str, namespaces: list[str]) -> None:
+    environ = server.environ.get(eio_sid)
+    if environ is None or any(server.manager.sid_from_eio_sid(eio_sid, ns) for ns in namespaces):
+        return
+    server.eio.disconnect(eio_sid)
+    # engine.io's close waits for the client to close its side of a websocket, and the connection
+    # keeps its thread meanwhile: an idle client never does, so the connection itself is shut.
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

@@ -4,7 +4,7 @@
                                    [--out bench/results/memory.json]
 
 Starts ``gunicorn -w 1 --threads 32 wsgi:app`` (as ``make run``; FACEAPP_DEVICE=cpu) on a free loopback
-port and finds its worker process. Warm-up: 4 ordinary photos and one large upload, one after the other;
+port and finds its worker process. Warm-up: 4 ordinary photos and one upload of each kind, one at a time;
 then, after 3 s idle, the post-warm-up RSS. Then, per kind of picture, ``--clients`` uploads of it at
 once (one thread each), sampling the worker's RSS every 20 ms (and its kernel-kept peak, VmHWM, reset
 before each burst); 5 s after the burst, the idle RSS again. Kinds:
@@ -150,7 +150,8 @@ def measure(env: dict[str, str], kinds: list[str], clients: int, pictures: dict[
         face = one_face_640x480()
         for _ in range(4):
             post(base_url, face, "face.jpg")
-        post(base_url, pictures[kinds[0]], "warm-up-large")
+        for kind in kinds:  # each kind's sizes once: the detector's kernels for them are made and kept
+            post(base_url, pictures[kind], "warm-up-large")
         time.sleep(3)
         warm = rss_mb(pid)
         result = {"post_warm_up_rss_mb": round(warm, 1), "bursts": {}}

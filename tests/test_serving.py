@@ -8,18 +8,19 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
+import socketio
 import websocket
 
 from serving import gunicorn
 
 
-THREADS, SOCKETS, UPLOADS, BODY_TIMEOUT_S = 8, 3, 2, 2.0
+THREADS, SOCKETS, UPLOADS, BODY_TIMEOUT_S, JOIN_GRACE_S = 8, 3, 2, 2.0, 3.0
 
 
 @pytest.fixture(scope="module")
 def server():
     env = {"MAX_SOCKET_CONNECTIONS": str(SOCKETS), "MAX_CONCURRENT_UPLOADS": str(UPLOADS),
-           "REQUEST_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)}
+           "REQUEST_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), "SOCKET_JOIN_GRACE_S": str(JOIN_GRACE_S)}
     with gunicorn(env=env, threads=THREADS) as (base_url, _ready):
         yield urlsplit(base_url)
 
@@ -114,3 +115,23 @@ def test_healthz_answers_with_idle_sockets_and_stalled_uploads_open(server):
                 s.close()
         for u in uploads:
             u.close()
+
+
+def test_sockets_that_join_no_namespace_are_closed(server):
+    """Idle connections cannot keep the socket slots: one in no namespace is closed after the grace."""
+    ws = idle_websocket(server)
+    assert ws is not None
+    ws.settimeout(JOIN_GRACE_S + 5)
+    t0 = time.perf_counter()
+    with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
+        while True:
+            frame = ws.recv()  # engine.io's open packet, then pings, until the server closes
+            if frame == "" or frame is None:
+                raise websocket.WebSocketConnectionClosedException("closed")
+    assert JOIN_GRACE_S * 0.8 < time.perf_counter() - t0 < JOIN_GRACE_S + 5
+    ws.shutdown()  # close() skips the socket of a connection the server closed
+    live = socketio.Client(reconnection=False)
+    live.connect(f"http://{server.hostname}:{server.port}", namespaces=["/live"], transports=["websocket"])
+    time.sleep(JOIN_GRACE_S + 0.5)
+    assert live.connected  # a client in a namespace stays
+    live.disconnect()
