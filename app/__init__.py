@@ -7,6 +7,7 @@ import logging
 from flask import Flask
 from flask_socketio import SocketIO
 
+from app.budget import PixelBudget
 from app.config import Config
 
 __version__ = "0.1.0"
@@ -35,8 +36,6 @@ def create_app(config_class: type = Config, service=None) -> Flask:
 
         service = InferenceService.from_config(app.config)
     app.extensions["inference"] = service
-    from app.budget import PixelBudget
-
     app.extensions["pixel_budget"] = PixelBudget(app.config["PIXEL_BUDGET"], app.config["PIXEL_BUDGET_WAIT_S"])
 
     # Only our namespaces: a connection to any other (or to none) is refused, not held.

@@ -513,7 +513,8 @@ def test_watch_with_bad_arguments_answers_an_error_ack(service, video_config):
     app = create_app(video_config, service=service)
     sio = socketio.test_client(app, namespace=NAMESPACE)
     for event in ("watch", "unwatch"):
-        for args in ((), (None,), (7,), ({"id": "x"},), ("a" * 32, "b")):
+        for args in ((), (None,), (7,), (1.5,), (True,), ({"id": "x"},), ([1, 2],), (b"\x00" * 32,),
+                     ("a" * 32, "b")):
             ack = sio.emit(event, *args, callback=True, namespace=NAMESPACE)
             assert ack["error"]["code"] == "invalid_payload", (event, args, ack)
     assert sio.is_connected(NAMESPACE)
