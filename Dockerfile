@@ -27,7 +27,7 @@ COPY app ./app
 COPY models ./models
 COPY templates ./templates
 COPY static ./static
-COPY wsgi.py pyproject.toml README.md ./
+COPY wsgi.py gunicorn.conf.py pyproject.toml README.md ./
 # The faceapp command, as an editable install: the app reads its weights, pages and npm libraries from /app.
 RUN pip install --no-deps -e .
 RUN useradd --create-home faceapp && mkdir -p instance && chown faceapp instance

@@ -7,12 +7,14 @@ import logging
 from flask import Flask
 from flask_socketio import SocketIO
 
+from app.budget import PixelBudget
 from app.config import Config
 
 __version__ = "0.1.0"
 
 # Created unbound so that importing the package builds no app and loads no model.
 socketio = SocketIO()
+SOCKET_NAMESPACES = ["/live", "/videos"]
 
 
 def create_app(config_class: type = Config, service=None) -> Flask:
@@ -35,16 +37,25 @@ def create_app(config_class: type = Config, service=None) -> Flask:
 
         service = InferenceService.from_config(app.config)
     app.extensions["inference"] = service
+    app.extensions["pixel_budget"] = PixelBudget(app.config["PIXEL_BUDGET"], app.config["PIXEL_BUDGET_WAIT_S"])
 
-    socketio.init_app(app, async_mode="threading", max_http_buffer_size=app.config["MAX_CONTENT_LENGTH"])
+    # Only our namespaces: a connection to any other (or to none) is refused, not held.
+    socketio.init_app(app, async_mode="threading", max_http_buffer_size=app.config["MAX_CONTENT_LENGTH"],
+                      namespaces=SOCKET_NAMESPACES)
 
-    from app import cli, errors, live, video
+    from app import cli, errors, live, security, video
+    from app.connections import ConnectionGuard, close_connections_without_namespace
     from app.api import bp as api_bp
     from app.api.health import probes
     from app.photo import bp as photo_bp
     from app.vendor import bp as vendor_bp
 
     errors.init_app(app)
+    socketio.on_error_default(errors.socket_error)  # /live has its own (its acks carry "seq")
+    app.wsgi_app = ConnectionGuard(app.wsgi_app, app.config["MAX_SOCKET_CONNECTIONS"],
+                                   app.config["MAX_CONCURRENT_UPLOADS"], app.config["REQUEST_BODY_TIMEOUT_S"])
+    close_connections_without_namespace(socketio.server, SOCKET_NAMESPACES, app.config["SOCKET_JOIN_GRACE_S"])
+    limiter = security.init_app(app)  # after socketio.init_app: its headers wrap Socket.IO's answers too
     cli.init_app(app)
     app.register_blueprint(photo_bp)
     app.register_blueprint(api_bp, url_prefix="/api/v1")
@@ -52,6 +63,9 @@ def create_app(config_class: type = Config, service=None) -> Flask:
     app.register_blueprint(vendor_bp)
     video.init_app(app, socketio)  # after socketio.init_app, as live
     live.init_app(app, socketio)  # after socketio.init_app: it registers on this app's server
+    for blueprint in (api_bp, video.api_bp):
+        limiter.limit(app.config["RATE_LIMIT"])(blueprint)
+        limiter.limit(app.config["UPLOAD_RATE_LIMIT"], methods=["POST"])(blueprint)
 
     @app.context_processor
     def inject_globals():

@@ -51,6 +51,14 @@ class Config:
     MAX_CONTENT_LENGTH = int(MAX_UPLOAD_MB * 1024 * 1024)
     MAX_IMAGE_PIXELS = _int("MAX_IMAGE_PIXELS", 40_000_000)
     MAX_IMAGES_PER_REQUEST = _int("MAX_IMAGES_PER_REQUEST", 16)
+    # Larger photos are decoded reduced to this longest side (JPEG at a reduced DCT scale). Detection sees
+    # at most DETECTOR_MAX_SIDE (1280) px, where the smallest face found is DETECTOR_MIN_FACE (20) px: at
+    # 4096 px that face is still 64 px, the size the models read, so nothing they see is lost.
+    DECODE_MAX_SIDE = _int("FACEAPP_DECODE_MAX_SIDE", 4096)
+    # Full-size pixels of the photos decoded and analysed at once, all requests together; a photo that
+    # does not fit waits up to PIXEL_BUDGET_WAIT_S, then gets 503 (app/budget.py).
+    PIXEL_BUDGET = _int("FACEAPP_PIXEL_BUDGET", 120_000_000)
+    PIXEL_BUDGET_WAIT_S = _float("FACEAPP_PIXEL_BUDGET_WAIT_S", 30.0)
     UPLOAD_FOLDER = os.environ.get("UPLOAD_FOLDER", str(ROOT / "instance" / "uploads"))
 
     # Front-end libraries installed from npm (package.json) into a git-ignored folder
@@ -69,6 +77,25 @@ class Config:
     # A client's faces are searched for every n-th frame and followed by MTCNN's O-net in between
     # (app/inference/keyframes.py, as in video mode); a face that enters is found at most n - 1 frames late.
     LIVE_SEARCH_EVERY = _int("LIVE_SEARCH_EVERY", 3)
+
+    # The door (app/security.py). API_KEYS: comma-separated keys, each at least 16 characters; unset, the
+    # app is open. Rate limits are Flask-Limiter strings, counted per key (or per address without one).
+    API_KEYS = os.environ.get("API_KEYS", "")
+    RATELIMIT_ENABLED = os.environ.get("RATELIMIT_ENABLED", "true").strip().lower() not in ("0", "false", "no", "off")
+    RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")  # e.g. redis://host:6379
+    RATE_LIMIT = os.environ.get("RATE_LIMIT", "600 per minute")  # every /api/v1 route, each counted apart
+    UPLOAD_RATE_LIMIT = os.environ.get("UPLOAD_RATE_LIMIT", "120 per minute")  # POST images, POST videos
+    LOGIN_RATE_LIMIT = os.environ.get("LOGIN_RATE_LIMIT", "10 per minute")
+    SESSION_COOKIE_SAMESITE = "Strict"  # the login session never rides on another site's request
+    SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "").strip().lower() in ("1", "true", "yes")
+
+    # Connections (app/connections.py): gunicorn has a thread per request (make run: 32) and a Socket.IO
+    # connection holds one while it lives. Sockets (every namespace) + uploads stay below the threads,
+    # so that the rest answer /healthz, pages and quick calls whatever slow or idle clients do.
+    MAX_SOCKET_CONNECTIONS = _int("MAX_SOCKET_CONNECTIONS", 20)  # >= MAX_LIVE_CLIENTS, + video watchers
+    MAX_CONCURRENT_UPLOADS = _int("MAX_CONCURRENT_UPLOADS", 8)  # requests whose body is being received
+    REQUEST_BODY_TIMEOUT_S = _float("REQUEST_BODY_TIMEOUT_S", 15.0)  # longest pause inside a request body
+    SOCKET_JOIN_GRACE_S = _float("SOCKET_JOIN_GRACE_S", 10.0)  # a socket in no namespace after this is closed
 
     LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
     TESTING = False

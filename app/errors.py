@@ -26,9 +26,18 @@ def _default_code(status: int) -> str:
     return re.sub(r"[^a-z0-9]+", "_", HTTP_STATUS_CODES.get(status, "error").lower()).strip("_")
 
 
+# "<_io.BytesIO object at 0x7ff9...>" and the like, as some library messages quote their arguments.
+_OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
+
+
+def client_message(message: str) -> str:
+    """A message fit for a client: object reprs (memory addresses, internal types) removed."""
+    return re.sub(r"\s{2,}", " ", _OBJECT_REPR.sub("", message)).replace(" ()", "").strip()
+
+
 def error_body(code: str, message: str) -> dict:
     """The one error shape, for HTTP responses and Socket.IO answers alike."""
-    return {"error": {"code": code, "message": message}}
+    return {"error": {"code": code, "message": client_message(message)}}
 
 
 def error_response(status: int, message: str | None = None, code: str | None = None, headers=None):
@@ -60,9 +69,12 @@ def init_app(app: Flask) -> None:
             # The video routes set their own, larger, per-request limit (app/video).
             limit_mb = app.config["MAX_VIDEO_MB" if request.blueprint == "video_api" else "MAX_UPLOAD_MB"]
             message = f"the upload is larger than the {limit_mb:g} MB limit"
+        # The exception's own headers say what the status needs (405: Allow, 416: Content-Range, ...).
+        headers = [(k, v) for k, v in exc.get_headers(request.environ) if k.lower() != "content-type"]
         if wants_json():
-            return error_response(exc.code or 500, message)
-        return render_template("error.html", status=exc.code, title=exc.name, message=message), exc.code
+            return error_response(exc.code or 500, message, headers=headers)
+        page = render_template("error.html", status=exc.code, title=exc.name, message=message)
+        return page, exc.code, headers
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception):
@@ -71,3 +83,18 @@ def init_app(app: Flask) -> None:
             return error_response(500, "internal error; the server logged the details", "internal_error")
         return render_template("error.html", status=500, title="Internal error",
                                message="Something went wrong; the server logged the details."), 500
+
+
+def socket_error(exc: Exception):
+    """An unexpected failure in a Socket.IO handler (every namespace without a handler of its own):
+    logged, told to the client as an ``error`` event and as the acknowledgement when the event asked
+    for one. The connection stays up; a failed ``connect`` is refused."""
+    from flask_socketio import emit
+
+    event, namespace = request.event["message"], request.namespace
+    log.error("socket.io %r handler failed on %s for client %s", event, namespace, request.sid, exc_info=exc)
+    if event == "connect":
+        return False
+    body = error_body("internal_error", f"the server failed on this {event!r} event; it logged the details")
+    emit("error", body, namespace=namespace)
+    return body

@@ -119,6 +119,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("FACEAPP_DEVICE", "cpu")
+    os.environ.setdefault("RATELIMIT_ENABLED", "false")  # measure the server, not the per-address limit
     from app import create_app
     from app.config import Config
 

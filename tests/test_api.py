@@ -228,3 +228,34 @@ def test_concurrent_requests_get_their_own_results(client, astronaut, grace_hopp
 def test_openapi_document_is_served(client):
     r = client.get("/api/v1/openapi.yaml")
     assert r.status_code == 200 and b"/api/v1/images" in r.data and b"openapi: 3" in r.data
+
+
+# -- the contract: what the OpenAPI document and the README say is what the server does ---------
+def test_method_not_allowed_says_which_methods_are(client):
+    for method, path, allowed in (("put", "/api/v1/images", {"POST"}),
+                                  ("patch", "/api/v1/videos/" + "0" * 32, {"GET", "DELETE"}),
+                                  ("post", "/healthz", {"GET"})):
+        r = getattr(client, method)(path, headers={"Accept": "application/json"})
+        assert r.status_code == 405 and r.json["error"]["code"] == "method_not_allowed", path
+        assert allowed <= {m.strip() for m in r.headers.get("Allow", "").split(",")}, (path, r.headers)
+    page = client.post("/healthz", headers={"Accept": "text/html"})  # the HTML error page has it too
+    assert page.status_code == 405 and "GET" in page.headers.get("Allow", "")
+
+
+@pytest.mark.parametrize("data", [
+    b"\x89PNG\r\n\x1a\n" + b"\x00" * 64,  # PNG signature, no header: Pillow quotes its file object
+    b"RIFF\x00\x00\x00\x00WEBPVP8 " + b"\x01" * 40,
+    b"BM" + b"\xff" * 60,
+])
+def test_error_messages_never_quote_object_reprs(client, data):
+    r = post_images(client, upload(data, "x.png"))
+    assert r.status_code == 400 and r.json["error"]["code"] == "corrupt_image"
+    message = r.json["error"]["message"]
+    assert "0x" not in message and "<" not in message, message
+
+
+def test_error_body_removes_reprs():
+    from app.errors import error_body
+
+    message = error_body("x", "cannot identify image file <_io.BytesIO object at 0x7ff9a1b2c3d0>")["error"]["message"]
+    assert message == "cannot identify image file"

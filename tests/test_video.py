@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from app import create_app
-from app.video.jobs import FAILED, RUNNING, JobCancelled, JobQueue, VideoJob
+from app.video.jobs import FAILED, RUNNING, JobCancelled, JobQueue, QueueFull, VideoJob
 from helpers import TestConfig
 from video_clips import decode_all, moving_face_frames, write_clip
 
@@ -55,6 +56,11 @@ def done_job(service, astronaut, tmp_path_factory, clip):
 def post_video(client, data: bytes, name: str, **form):
     return client.post("/api/v1/videos", data={"video": (io.BytesIO(data), name), **form},
                        content_type="multipart/form-data")
+
+
+def delete_video(client, created: dict):
+    """DELETE as the job's creator: with the token its upload answered."""
+    return client.delete(f"/api/v1/videos/{created['id']}", headers={"X-Delete-Token": created["delete_token"]})
 
 
 def wait_done(client, job_id: str) -> dict:
@@ -166,13 +172,14 @@ def test_outputs_are_409_until_done_and_404_for_unknown(video_client, clip):
 
 
 def test_delete_cancels_and_removes_files(video_client, video_config, clip):
-    job_id = post_video(video_client, clip.read_bytes(), "face.mp4").get_json()["id"]
+    created = post_video(video_client, clip.read_bytes(), "face.mp4").get_json()
+    job_id = created["id"]
     folder = Path(video_config.UPLOAD_FOLDER) / "videos" / job_id
     assert folder.is_dir()
-    assert video_client.delete(f"/api/v1/videos/{job_id}").status_code == 204
+    assert delete_video(video_client, created).status_code == 204
     assert not folder.exists()
     assert video_client.get(f"/api/v1/videos/{job_id}").status_code == 404
-    assert video_client.delete(f"/api/v1/videos/{job_id}").status_code == 404
+    assert delete_video(video_client, created).status_code == 404
     time.sleep(0.5)  # a running job stops at its next chunk and must not recreate the folder
     assert not folder.exists()
 
@@ -253,15 +260,117 @@ def test_photo_uploads_keep_their_own_limit(service, tmp_path, clip):
     assert response.status_code == 413
 
 
-def test_restart_marks_unfinished_jobs_failed(tmp_path):
-    root = tmp_path / "videos"
-    job = VideoJob(id="a" * 32, folder=str(root / ("a" * 32)), status=RUNNING)
-    job.path.mkdir(parents=True)
-    job.save()
+def wait_for(jobs: JobQueue, job_id: str, statuses=("done", "failed", "cancelled"), timeout_s: float = 10):
+    deadline = time.monotonic() + timeout_s
+    while (job := jobs.get(job_id)) is not None and job.status not in statuses:
+        assert time.monotonic() < deadline, f"job {job_id} stayed {job.status}"
+        time.sleep(0.02)
+    return job
 
-    JobQueue(root, runner=lambda *args: None)
-    reloaded = VideoJob.load(job.path)
-    assert reloaded.status == FAILED and reloaded.error == "server restarted"
+
+def test_restart_runs_queued_jobs_and_starts_running_ones_over(tmp_path):
+    """A new process queues again what the last one left: running (starts over) and queued jobs, in the
+    order they were created; a job whose input is gone fails with the reason."""
+    root = tmp_path / "videos"
+    jobs_on_disk = []
+    for i, (status, has_input) in enumerate([(RUNNING, True), ("queued", True), ("queued", False)]):
+        job = VideoJob(id=f"{i}" * 32, folder=str(root / (f"{i}" * 32)), status=status, created=1000.0 + i,
+                       frames_done=5 if status == RUNNING else 0, progress=0.5 if status == RUNNING else 0.0)
+        job.path.mkdir(parents=True)
+        if has_input:
+            job.input_path.write_bytes(b"video")
+        job.save()
+        jobs_on_disk.append(job)
+    ran = []
+
+    def runner(job, cancelled, report):
+        assert job.input_path.read_bytes() == b"video" and job.frames_done == 0
+        ran.append(job.id)
+        (job.path / "summary.json").write_text("{}")
+
+    jobs = JobQueue(root, runner=runner)
+    running, queued, lost = jobs_on_disk
+    assert wait_for(jobs, running.id).status == "done" and wait_for(jobs, queued.id).status == "done"
+    assert ran == [running.id, queued.id]
+    assert any("started over" in note for note in jobs.get(running.id).notes)
+    assert jobs.get(lost.id).status == FAILED and "input" in jobs.get(lost.id).error
+
+
+def test_a_restarted_app_runs_the_jobs_it_finds(service, video_config, clip):
+    """Through create_app: the job queue is built with the app, so recovered jobs start without a request."""
+    root = Path(video_config.UPLOAD_FOLDER) / "videos"
+    job = JobQueue(root, runner=lambda *args: None).new_job("face.mp4", jobs_options())
+    job.input_path.write_bytes(clip.read_bytes())
+    job.frames_total = 24
+    job.save()
+    app = create_app(video_config, service=service)
+    jobs = app.extensions["video_jobs"]
+    assert wait_for(jobs, job.id, timeout_s=JOB_TIMEOUT_S).status == "done"
+    assert (job.path / "summary.json").is_file()
+
+
+def test_deleted_queued_jobs_free_their_slots(tmp_path):
+    import threading
+
+    release = threading.Event()
+    jobs = JobQueue(tmp_path / "videos", runner=lambda job, cancelled, report: release.wait(10), max_queue=2)
+    try:
+        first = jobs.new_job("x.mp4", jobs_options())
+        jobs.submit(first)
+        wait_for(jobs, first.id, statuses=("running",))
+        waiting = [jobs.new_job("x.mp4", jobs_options()) for _ in range(2)]
+        for job in waiting:
+            jobs.submit(job)
+        with pytest.raises(QueueFull):
+            jobs.submit(jobs.new_job("x.mp4", jobs_options()))
+        for job in waiting:
+            assert jobs.delete(job.id)
+        for _ in range(2):  # both slots are free again while the first job still runs
+            jobs.submit(jobs.new_job("x.mp4", jobs_options()))
+        assert jobs.get(first.id).status == RUNNING
+    finally:
+        release.set()
+
+
+def test_inputs_are_deleted_when_jobs_end_and_outputs_kept(tmp_path):
+    def runner(job, cancelled, report):
+        (job.path / "summary.json").write_text("{}")
+        if job.original_filename == "bad.mp4":
+            raise ValueError("the video could not be decoded after frame 3")
+
+    jobs = JobQueue(tmp_path / "videos", runner=runner)
+    for name, status in (("good.mp4", "done"), ("bad.mp4", "failed")):
+        job = jobs.new_job(name, jobs_options())
+        job.input_path.write_bytes(b"video")
+        jobs.submit(job)
+        assert wait_for(jobs, job.id).status == status
+        assert not job.input_path.exists() and (job.path / "summary.json").is_file()
+
+
+def test_deleting_a_running_job_is_not_logged_as_a_failure(tmp_path, caplog):
+    import threading
+
+    started, deleted = threading.Event(), threading.Event()
+
+    def runner(job, cancelled, report):
+        started.set()
+        deleted.wait(10)
+        job.input_path.read_bytes()  # gone with its folder: FileNotFoundError, as a decoder would hit
+
+    jobs = JobQueue(tmp_path / "videos", runner=runner)
+    job = jobs.new_job("x.mp4", jobs_options())
+    job.input_path.write_bytes(b"video")
+    with caplog.at_level(logging.INFO, logger="app.video.jobs"):
+        jobs.submit(job)
+        assert started.wait(10)
+        assert jobs.delete(job.id)
+        deleted.set()
+        deadline = time.monotonic() + 10
+        while "cancelled" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert f"video job {job.id} cancelled" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert not job.path.exists()
 
 
 def test_failures_during_processing_end_the_job_with_a_reason(tmp_path):
@@ -310,11 +419,13 @@ def test_full_queue_answers_503(service, video_config, clip, tmp_path):
         VIDEO_MAX_QUEUE = 1
 
     client = create_app(Tiny, service=service).test_client()
-    codes = [post_video(client, clip.read_bytes(), "face.mp4").status_code for _ in range(3)]
+    responses = [post_video(client, clip.read_bytes(), "face.mp4") for _ in range(3)]
+    codes = [r.status_code for r in responses]
     # The worker takes the first at once; the second waits; the third finds the queue full.
     assert 503 in codes and codes[0] == 202, codes
-    for job_id in [p.name for p in (tmp_path / "uploads" / "videos").iterdir()]:
-        client.delete(f"/api/v1/videos/{job_id}")  # stop the work the test no longer needs
+    for response in responses:
+        if response.status_code == 202:
+            delete_video(client, response.get_json())  # stop the work the test no longer needs
 
 
 def test_ttl_cleanup_removes_old_finished_jobs(tmp_path):
@@ -381,3 +492,88 @@ def test_track_summary_memory_is_bounded_and_its_figures_exact():
     assert len(frames) == TIMELINE_POINTS and frames[0] == 0 and frames[-1] == n - 1  # whole track, evenly
     gaps = np.diff(frames)[:-1]  # the last gap reaches the newest frame, whatever the stride
     assert gaps.max() <= 2 * gaps.min()
+
+
+def test_an_unknown_codec_tag_is_a_clear_415(video_client, clip):
+    """One byte changed in the sample description (avc1 -> cvc1): FFmpeg opens the file but has no
+    decoder for the stream (PyAV's codec_context is None); this was a 500."""
+    data = clip.read_bytes()
+    at = data.rfind(b"avc1")
+    assert at > data.find(b"ftyp") + 16  # the stsd entry, not a brand in the ftyp box
+    response = post_video(video_client, data[:at] + b"cvc1" + data[at + 4:], "face.mp4")
+    assert response.status_code == 415, response.get_data(as_text=True)
+    assert response.get_json()["error"]["code"] == "unsupported_codec"
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "WEBP"])
+def test_still_images_are_not_videos(video_client, astronaut, fmt):
+    from helpers import encode
+
+    response = post_video(video_client, encode(astronaut, fmt), f"photo.{fmt.lower()}")
+    assert response.status_code == 415, response.get_json()
+    assert response.get_json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_watch_with_bad_arguments_answers_an_error_ack(service, video_config):
+    from app import socketio
+    from app.video.events import NAMESPACE
+
+    app = create_app(video_config, service=service)
+    sio = socketio.test_client(app, namespace=NAMESPACE)
+    for event in ("watch", "unwatch"):
+        for args in ((), (None,), (7,), (1.5,), (True,), ({"id": "x"},), ([1, 2],), (b"\x00" * 32,),
+                     ("a" * 32, "b")):
+            ack = sio.emit(event, *args, callback=True, namespace=NAMESPACE)
+            assert ack["error"]["code"] == "invalid_payload", (event, args, ack)
+    assert sio.is_connected(NAMESPACE)
+    sio.disconnect(namespace=NAMESPACE)
+
+
+def test_a_failing_videos_handler_answers_an_error(service, video_config, clip, monkeypatch):
+    import app.video as video
+    from app import socketio
+    from app.video.events import NAMESPACE
+
+    app = create_app(video_config, service=service)
+    created = post_video(app.test_client(), clip.read_bytes(), "face.mp4").get_json()
+    job_id = created["id"]
+
+    def broken(job):
+        raise RuntimeError("status failed")
+
+    monkeypatch.setattr(video, "status_body", broken)
+    sio = socketio.test_client(app, namespace=NAMESPACE)
+    ack = sio.emit("watch", job_id, callback=True, namespace=NAMESPACE)
+    assert ack["error"]["code"] == "internal_error" and "status failed" not in ack["error"]["message"]
+    errors = [e["args"][0] for e in sio.get_received(NAMESPACE) if e["name"] == "error"]
+    assert errors and errors[0]["error"]["code"] == "internal_error"
+    assert sio.is_connected(NAMESPACE)
+    sio.disconnect(namespace=NAMESPACE)
+    monkeypatch.undo()
+    delete_video(app.test_client(), created)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("stride", "٣"), ("stride", " 5 "), ("stride", "+5"), ("stride", "5.0"), ("stride", "0x5"),
+    ("search_every", "٣"), ("search_every", " 5 "), ("search_every", "5\n"), ("search_every", "²"),
+    ("alpha", "٠.٥"), ("alpha", " 0.5"), ("alpha", "nan"), ("alpha", "inf"), ("alpha", "0"), ("alpha", "-0.5"),
+])
+def test_options_take_plain_ascii_numbers_only(video_client, clip, field, value):
+    response = post_video(video_client, clip.read_bytes(), "face.mp4", **{field: value})
+    assert response.status_code == 400, (field, value, response.get_json())
+    assert response.get_json()["error"]["code"] == "bad_option"
+
+
+def test_the_openapi_alpha_range_is_the_servers(video_client, clip):
+    """alpha is in (0, 1] on both sides: the spec excludes 0 (the server refuses it) and allows 1."""
+    import yaml
+
+    spec = yaml.safe_load(video_client.get("/api/v1/openapi.yaml").data)
+    schema = spec["paths"]["/api/v1/videos"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    alpha = schema["properties"]["alpha"]
+    assert (alpha["minimum"], alpha.get("exclusiveMinimum"), alpha["maximum"]) == (0, True, 1)
+    for value, status in (("0", 400), ("1", 202), ("1e-3", 202), (".5", 202), ("1.0000001", 400)):
+        response = post_video(video_client, clip.read_bytes(), "face.mp4", alpha=value)
+        assert response.status_code == status, (value, response.get_json())
+        if status == 202:
+            delete_video(video_client, response.get_json())

@@ -7,7 +7,8 @@ from flask import current_app, request
 
 from app.api import bp
 from app.errors import bad_request, error_response
-from app.imaging import ImageError, decode_image
+from app.budget import BudgetExceeded, PixelBudget
+from app.imaging import ImageError, decode_image, image_pixels
 from app.inference import get_service
 from app.inference.batching import QueueFullError
 
@@ -37,20 +38,26 @@ def analyze_images():
         return bad_request(f"{len(files)} images in one request; the limit is {limit}", "too_many_images")
 
     service = get_service()
+    config = current_app.config
+    budget: PixelBudget = current_app.extensions["pixel_budget"]
     results = []
     for f in files:
         name = f.filename or "image"
         t_read = time.perf_counter()
+        data = f.read()
         try:
-            decoded = decode_image(f.read(), current_app.config["MAX_IMAGE_PIXELS"])
+            # One picture at a time per request, each within the process-wide pixel budget.
+            with budget.reserve(image_pixels(data, config["MAX_IMAGE_PIXELS"])):
+                decoded = decode_image(data, config["MAX_IMAGE_PIXELS"], config["DECODE_MAX_SIDE"])
+                decode_ms = (time.perf_counter() - t_read) * 1000
+                analysis = service.analyze(decoded.pixels, detect=detect)
+                analysis = analysis.rescaled(*decoded.scale, decoded.width, decoded.height)
+                del decoded
         except ImageError as exc:
             # With several files the message says which one failed.
             message = f"{name}: {exc.message}" if len(files) > 1 else exc.message
             return error_response(exc.status, message, exc.code)
-        decode_ms = (time.perf_counter() - t_read) * 1000
-        try:
-            analysis = service.analyze(decoded.pixels, detect=detect)
-        except QueueFullError:
+        except (QueueFullError, BudgetExceeded):
             return error_response(503, "the server is busy; try again in a moment", "busy", {"Retry-After": "1"})
         analysis.timings_ms = {"decode": decode_ms, **analysis.timings_ms}
         analysis.timings_ms["total"] += decode_ms

@@ -1,7 +1,7 @@
 """Typed results of an analysis; ``to_dict`` gives the JSON the API, CLI and live mode send."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -110,6 +110,15 @@ class Analysis:
     height: int
     faces: list[Face]
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def rescaled(self, sx: float, sy: float, width: int, height: int) -> "Analysis":
+        """The same analysis in the pixels of a picture ``sx`` x ``sy`` times larger (one that was
+        decoded reduced): boxes and landmarks scaled, the picture's own size reported."""
+        if (sx, sy) == (1.0, 1.0):
+            return replace(self, width=width, height=height)
+        faces = [replace(f, box=(f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy),
+                         landmarks=[(x * sx, y * sy) for x, y in f.landmarks]) for f in self.faces]
+        return replace(self, width=width, height=height, faces=faces)
 
     def to_dict(self) -> dict:
         return {

@@ -22,6 +22,7 @@ from app.inference.keyframes import KeyframeDetector
 from app.inference.results import Face
 from app.live.protocol import FrameError, decode_frame, error_ack, parse_frame, result_ack, seq_of
 from app.live.sessions import LiveSession, LiveSessions
+from app.security import UNAUTHORIZED, socket_allowed
 from app.tracking import FaceTracker
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class LiveNamespace(Namespace):
         self.sessions = LiveSessions(settings.max_clients, settings.new_tracker, settings.new_detector)
 
     def on_connect(self, auth=None):
+        if not socket_allowed(auth):
+            raise ConnectionRefusedError(UNAUTHORIZED, {"code": "unauthorized"})
         if not self.sessions.open(request.sid):
             n = self.settings.max_clients
             clients = "client" if n == 1 else "clients"

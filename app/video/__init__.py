@@ -1,13 +1,15 @@
 """Video mode: the /video page, the /api/v1/videos endpoints, and the per-app job queue."""
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
 from flask import Blueprint, Flask, current_app, render_template, request, send_file, url_for
 from flask_socketio import SocketIO
 
-from app.errors import bad_request, error_response
+from app.errors import bad_request, error_response, socket_error
+from app.security import current_key_id
 from app.video.events import EVENT, NAMESPACE, VideoNamespace
 from app.video.jobs import DONE, OUTPUTS, QUEUED, JobQueue, QueueFull, VideoJob, VideoOptions
 from app.video.probe import VideoError, probe
@@ -18,6 +20,7 @@ api_bp = Blueprint("video_api", __name__)
 
 _SUFFIXES = {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".ogv"}
 _queue_lock = threading.Lock()
+DELETE_TOKEN_HEADER = "X-Delete-Token"
 
 
 def get_queue() -> JobQueue:
@@ -73,15 +76,22 @@ def _urls(job_id: str) -> dict:
     return urls
 
 
+# Form values as the OpenAPI document types them: plain ASCII digits, no spaces, signs or other scripts'
+# digits (Python's int() and float() take ' 5 ', '+5' and Arabic-Indic '٣').
+_INTEGER = re.compile(r"[0-9]{1,9}")
+_NUMBER = re.compile(r"(?:[0-9]{1,9}(?:\.[0-9]{0,17})?|\.[0-9]{1,17})(?:[eE][-+]?[0-9]{1,3})?")
+
+
 def _parse_options() -> VideoOptions | str:
     """Form fields -> options, or the message of a 400."""
     config = current_app.config
-    try:
-        stride = int(request.form.get("stride", "1"))
-        search_every = int(request.form.get("search_every", str(config["VIDEO_SEARCH_EVERY"])))
-        alpha = float(request.form.get("alpha", str(config["VIDEO_DEFAULT_ALPHA"])))
-    except ValueError:
-        return "'stride' and 'search_every' must be integers and 'alpha' a number"
+    form = request.form
+    stride = form.get("stride", "1")
+    search_every = form.get("search_every", str(config["VIDEO_SEARCH_EVERY"]))
+    alpha = form.get("alpha", str(config["VIDEO_DEFAULT_ALPHA"]))
+    if not (_INTEGER.fullmatch(stride) and _INTEGER.fullmatch(search_every) and _NUMBER.fullmatch(alpha)):
+        return "'stride' and 'search_every' must be integers and 'alpha' a number (plain ASCII digits)"
+    stride, search_every, alpha = int(stride), int(search_every), float(alpha)
     if not 1 <= stride <= 30:
         return "'stride' must be between 1 and 30"
     if not 1 <= search_every <= 30:
@@ -102,6 +112,8 @@ def create():
     suffix = Path(upload.filename or "").suffix.lower()
     jobs = get_queue()
     job = jobs.new_job(upload.filename or "video", options, suffix if suffix in _SUFFIXES else ".bin")
+    delete_token = job.new_delete_token()
+    job.owner = current_key_id()
     try:
         upload.save(job.input_path)
         config = current_app.config
@@ -118,7 +130,7 @@ def create():
     except BaseException:
         jobs.delete(job.id)  # e.g. a full disk: leave no half-made job behind
         raise
-    body = {"id": job.id, "status": job.status, "urls": _urls(job.id)}
+    body = {"id": job.id, "status": job.status, "urls": _urls(job.id), "delete_token": delete_token}
     return body, 202, {"Location": body["urls"]["status"]}
 
 
@@ -136,6 +148,14 @@ def status(job_id: str):
 
 @api_bp.delete("/<job_id>")
 def delete(job_id: str):
+    """Only by its creator: the ``delete_token`` of the upload's answer in ``X-Delete-Token``, or the
+    API key that uploaded it."""
+    job = _job_or_404(job_id)
+    if job is None:
+        return error_response(404, "no such video job", "not_found")
+    if not job.may_delete(request.headers.get(DELETE_TOKEN_HEADER), current_key_id()):
+        return error_response(403, f"only the job's creator may delete it: send the upload's delete_token in "
+                                   f"{DELETE_TOKEN_HEADER}", "forbidden")
     if not get_queue().delete(job_id):
         return error_response(404, "no such video job", "not_found")
     return "", 204
@@ -180,3 +200,6 @@ def init_app(app: Flask, socketio: SocketIO) -> None:
     app.register_blueprint(api_bp, url_prefix="/api/v1/videos")
     app.extensions["video_socketio_server"] = socketio.server
     socketio.on_namespace(VideoNamespace(NAMESPACE))
+    socketio.on_error(NAMESPACE)(socket_error)
+    with app.app_context():
+        get_queue()  # now, not at the first request: jobs a previous run left unfinished start again

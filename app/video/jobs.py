@@ -2,10 +2,13 @@
 the bounded queue whose worker threads run them."""
 from __future__ import annotations
 
+import collections
+import hashlib
+import hmac
 import json
 import logging
 import os
-import queue
+import secrets
 import shutil
 import threading
 import time
@@ -57,6 +60,10 @@ class VideoJob:
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     started: float | None = None
+    # Who may delete the job: the holder of the token returned at creation (stored hashed), or a request
+    # made with the API key that created it (its id, app/security.py). Neither is ever reported.
+    delete_token_sha256: str | None = None
+    owner: str | None = None
 
     @property
     def path(self) -> Path:
@@ -79,6 +86,18 @@ class VideoJob:
         tmp = self.path / f"{JOB_FILE}.{threading.get_ident()}.tmp"
         tmp.write_text(json.dumps(asdict(self), indent=1))
         os.replace(tmp, self.path / JOB_FILE)
+
+    def new_delete_token(self) -> str:
+        token = secrets.token_urlsafe(24)
+        self.delete_token_sha256 = hashlib.sha256(token.encode()).hexdigest()
+        return token
+
+    def may_delete(self, token: str | None, key_id: str | None) -> bool:
+        if key_id is not None and self.owner is not None and hmac.compare_digest(key_id, self.owner):
+            return True
+        if not token or self.delete_token_sha256 is None:
+            return False
+        return hmac.compare_digest(hashlib.sha256(token.encode()).hexdigest(), self.delete_token_sha256)
 
     @classmethod
     def load(cls, folder: Path) -> "VideoJob":
@@ -112,9 +131,11 @@ Runner = Callable[[VideoJob, Callable[[], bool], Callable[[VideoJob], None]], No
 class JobQueue:
     """Runs video jobs on ``workers`` threads, at most ``max_queue`` waiting.
 
-    Jobs live in ``root/<id>/``. Threads start lazily on the first submit, so building an app (as
-    every test does) starts none. ``runner(job, is_cancelled, report)`` does the work and calls
-    ``report(job)`` after each chunk; the queue saves the job and forwards it to ``on_progress``.
+    Jobs live in ``root/<id>/``. Threads start on the first submit (or at start-up when jobs of a
+    previous process are recovered), so building an app (as every test does) starts none.
+    ``runner(job, is_cancelled, report)`` does the work and calls ``report(job)`` after each chunk; the
+    queue saves the job and forwards it to ``on_progress``. A job's input is deleted when the job ends;
+    its outputs stay until ``ttl_hours`` after that.
     """
 
     def __init__(self, root: str | Path, runner: Runner, max_queue: int = 8, workers: int = 1,
@@ -123,19 +144,24 @@ class JobQueue:
         self.root.mkdir(parents=True, exist_ok=True)
         self.runner = runner
         self.workers = max(1, int(workers))
+        self.max_queue = max(1, int(max_queue))
         self.ttl_s = float(ttl_hours) * 3600
         self.on_progress = on_progress
-        self._queue: queue.Queue[str] = queue.Queue(maxsize=max(1, int(max_queue)))
-        self._waiting: list[str] = []  # ids in queue order, for "position in queue"
+        # Ids in queue order. A deleted job leaves it at once, so its slot is free for the next upload.
+        self._waiting: collections.deque[str] = collections.deque()
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
         self._threads: list[threading.Thread] = []
         self._last_cleanup = 0.0
         self.recover()
 
     # -- startup -----------------------------------------------------------------------------------
-    def recover(self) -> None:
-        """Jobs left queued or running by a previous process will never finish: say so on disk."""
+    def recover(self) -> list[str]:
+        """Jobs a previous process left queued or running are queued again, in the order they were
+        created (a running one starts over: its partial outputs are rewritten); returns their ids.
+        They were accepted once, so they may take the queue past ``max_queue``."""
+        unfinished = []
         for folder in self.root.iterdir():
             if not (folder / JOB_FILE).is_file():
                 continue
@@ -145,9 +171,25 @@ class JobQueue:
                 log.warning("unreadable video job in %s: %s", folder, exc)
                 continue
             if job.status in (QUEUED, RUNNING):
-                job.status, job.error, job.eta_s = FAILED, "server restarted", None
+                unfinished.append(job)
+        for job in sorted(unfinished, key=lambda j: j.created):
+            if not job.input_path.is_file():
+                job.status, job.error, job.eta_s = FAILED, "its input was lost when the server restarted", None
                 job.save()
+                continue
+            restarted = job.status == RUNNING
+            job.status, job.progress, job.frames_done, job.eta_s, job.started = QUEUED, 0.0, 0, None, None
+            if restarted:
+                job.notes = [*job.notes, "started over: the server restarted while it ran"]
+            job.save()
+            with self._lock:
+                self._waiting.append(job.id)
         self.cleanup()
+        recovered = list(self._waiting)
+        if recovered:
+            log.info("video jobs recovered from a previous run, queued again: %s", ", ".join(recovered))
+            self._start()
+        return recovered
 
     # -- public API --------------------------------------------------------------------------------
     def new_job(self, original_filename: str, options: VideoOptions, suffix: str = ".mp4") -> VideoJob:
@@ -164,11 +206,10 @@ class JobQueue:
         """Queues a saved job; raises ``QueueFull`` (and leaves the job for the caller to delete)."""
         self._start()
         with self._lock:
-            try:
-                self._queue.put_nowait(job.id)
-            except queue.Full:
-                raise QueueFull() from None
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull()
             self._waiting.append(job.id)
+            self._work_ready.notify()
 
     def get(self, job_id: str) -> VideoJob | None:
         if not _valid_id(job_id) or not (self.root / job_id / JOB_FILE).is_file():
@@ -222,16 +263,17 @@ class JobQueue:
                 t.start()
                 self._threads.append(t)
 
+    def _next(self) -> str:
+        with self._work_ready:
+            while not self._waiting:
+                self._work_ready.wait()
+            return self._waiting.popleft()
+
     def _work(self) -> None:
         while True:
-            job_id = self._queue.get()
-            with self._lock:
-                if job_id in self._waiting:
-                    self._waiting.remove(job_id)
-                skip = job_id in self._cancelled
-            if not skip:
+            job_id = self._next()
+            if job_id not in self._cancelled:
                 self._run(job_id)
-            self._queue.task_done()
             # Cleanup at most every 10 minutes, between jobs: cheap, and no extra thread.
             if time.time() - self._last_cleanup > 600:
                 self._last_cleanup = time.time()
@@ -252,13 +294,23 @@ class JobQueue:
         except JobCancelled:
             job.status = CANCELLED
         except Exception as exc:  # any failure ends the job with a reason, never a stuck "running"
-            log.warning("video job %s failed: %s", job_id, exc, exc_info=not isinstance(exc, ValueError))
-            job.status, job.error = FAILED, str(exc) or type(exc).__name__
+            if job_id in self._cancelled:
+                # Deleted while running: its files went from under it; that is the delete, not a failure.
+                job.status = CANCELLED
+            else:
+                log.warning("video job %s failed: %s", job_id, exc, exc_info=not isinstance(exc, ValueError))
+                job.status, job.error = FAILED, str(exc) or type(exc).__name__
         finally:
             if job.status == RUNNING:  # e.g. KeyboardInterrupt / SystemExit
                 job.status, job.error = FAILED, "interrupted"
             if job.status != DONE:
                 job.eta_s = None
+            if job.status == CANCELLED:
+                log.info("video job %s cancelled", job_id)
+            try:  # the upload has served its purpose; only the outputs are kept (until the TTL)
+                job.input_path.unlink(missing_ok=True)
+            except OSError:
+                log.exception("could not remove the input of video job %s", job_id)
             self._report(job)
             if job_id in self._cancelled:
                 # Deleted while running: delete()'s rmtree can race with files the job was still

@@ -18,6 +18,10 @@ _VIDEO_MAGIC = (
     (0, b"RIFF"),  # AVI
     (0, b"OggS"),
 )
+# FFmpeg demuxers we take videos from (a demuxer's name lists its aliases, comma-separated). FFmpeg
+# also opens still images (png_pipe, jpeg_pipe, gif, ...) as one-frame "videos": those are refused.
+_VIDEO_DEMUXERS = {"mov", "mp4", "matroska", "webm", "avi", "ogg"}
+_NOT_A_VIDEO = "unsupported file type: send a video (MP4, MOV, WebM, MKV or AVI)"
 
 
 class VideoError(InputError):
@@ -54,12 +58,17 @@ def probe(path: Path, max_seconds: float, max_side: int) -> VideoInfo:
     except av.error.FFmpegError as exc:
         if looks_like_video(head):
             raise VideoError(400, "corrupt_video", f"the video file is corrupt or truncated ({_reason(exc)})") from None
-        raise VideoError(415, "unsupported_media_type",
-                         "unsupported file type: send a video (MP4, MOV, WebM, MKV or AVI)") from None
+        raise VideoError(415, "unsupported_media_type", _NOT_A_VIDEO) from None
     with container:
+        if not _VIDEO_DEMUXERS.intersection(container.format.name.split(",")):
+            raise VideoError(415, "unsupported_media_type", _NOT_A_VIDEO)
         if not container.streams.video:
             raise VideoError(415, "no_video_stream", "the file has no video stream")
         stream = container.streams.video[0]
+        if stream.codec_context is None:
+            # A codec FFmpeg does not know (e.g. a damaged or unknown codec tag): nothing can decode it.
+            raise VideoError(415, "unsupported_codec",
+                             "the video's codec is unknown to this server (or its codec tag is damaged)")
         width, height = stream.codec_context.width, stream.codec_context.height
         if max(width, height) > max_side:
             raise VideoError(422, "resolution_too_large",

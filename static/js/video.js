@@ -76,6 +76,28 @@ function formatEta(seconds) {
   return `about ${Math.ceil(seconds / 60)} min left`;
 }
 
+// Only the uploader may delete a job: the server answers the upload with a delete token, kept in this
+// browser (localStorage, so a reload or a new tab of the same job can still cancel it).
+const TOKENS_KEY = 'faceapp.video.deleteTokens';
+
+function deleteTokens() {
+  try { return JSON.parse(localStorage.getItem(TOKENS_KEY)) || {}; } catch { return {}; }
+}
+
+function rememberDeleteToken(jobId, token) {
+  if (!token) return;
+  try {
+    const kept = Object.entries(deleteTokens()).slice(-49); // jobs expire after a day: keep the newest
+    localStorage.setItem(TOKENS_KEY, JSON.stringify(Object.fromEntries([...kept, [jobId, token]])));
+  } catch { /* storage full or disabled: the job can still be followed, not cancelled */ }
+}
+
+function forgetDeleteToken(jobId) {
+  const tokens = deleteTokens();
+  delete tokens[jobId];
+  try { localStorage.setItem(TOKENS_KEY, JSON.stringify(tokens)); } catch { /* see above */ }
+}
+
 /** Sends the file with XMLHttpRequest: fetch() cannot report upload progress. */
 function upload(file) {
   const form = new FormData();
@@ -116,6 +138,7 @@ async function start(file) {
       return;
     }
     const body = await response.json();
+    rememberDeleteToken(body.id, body.delete_token);
     history.replaceState(null, '', `#job=${body.id}`);
     follow(body.id);
   } catch (error) {
@@ -319,7 +342,16 @@ ui.cancel.addEventListener('click', async () => {
   const jobId = currentJob;
   currentJob = null;
   clearTimeout(pollTimer);
-  await fetch(`/api/v1/videos/${jobId}`, { method: 'DELETE' });
+  const response = await fetch(`/api/v1/videos/${jobId}`, {
+    method: 'DELETE', headers: { 'X-Delete-Token': deleteTokens()[jobId] || '' },
+  });
+  if (response.status !== 204 && response.status !== 404) {
+    currentJob = jobId;
+    poll();
+    showStatus(await errorMessage(response));
+    return;
+  }
+  forgetDeleteToken(jobId);
   ui.job.hidden = true;
   history.replaceState(null, '', location.pathname);
   showStatus('The job was cancelled.', 'success');

@@ -31,9 +31,9 @@ def test_upload_follow_progress_and_play(page, page_log, live_server, face_clip,
     assert "#job=" in page.url  # a reload would find the job again
 
     video = page.locator("#annotated")
-    page.wait_for_function("document.getElementById('annotated').readyState >= 2", timeout=20_000)
+    page.wait_for_function("() => document.getElementById('annotated').readyState >= 2", timeout=20_000)
     video.evaluate("v => v.play()")
-    page.wait_for_function("document.getElementById('annotated').currentTime > 0.3", timeout=20_000)
+    page.wait_for_function("() => document.getElementById('annotated').currentTime > 0.3", timeout=20_000)
 
     cards = page.locator(".track-card")
     expect(cards).to_have_count(1)

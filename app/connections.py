@@ -1,0 +1,205 @@
+"""Connections that a few idle or slow clients cannot exhaust (WSGI middleware, outermost).
+
+The server runs a thread per request (gunicorn's gthread worker), and a Socket.IO connection holds its
+thread for as long as it lives (a websocket; a long-poll for up to its ping interval). So:
+
+- Socket.IO connections, on every namespace or none, are bounded all together (``MAX_SOCKET_CONNECTIONS``);
+  beyond it a connection attempt is answered at once with 503 ``busy``.
+- Requests whose body is being received are bounded (``MAX_CONCURRENT_UPLOADS``; a slot is free again
+  as soon as the body is in): beyond it, after a 2 s wait for a slot, 503 ``busy`` before any of the body
+  is read.
+- A request body must keep arriving: a read that waits more than ``REQUEST_BODY_TIMEOUT_S`` for the next
+  bytes ends the request with 408 ``request_timeout`` (gunicorn reads bodies with no timeout of its own).
+
+The gunicorn threads left over (threads - sockets - uploads) keep answering ``/healthz``, pages and
+quick API calls whatever those clients do. What a thread per socket cannot give: once the socket bound
+is taken by idle connections, a new live client is refused ``busy`` until one leaves (see README).
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+from werkzeug.exceptions import RequestTimeout
+
+UPLOAD_SLOT_WAIT_S = 0.0
+
+
+class _Slots:
+    def __init__(self, size: int):
+        self.size = int(size)
+        self.used = 0
+        self._freed = threading.Condition()
+
+    def take(self, wait_s: float = 0.0) -> bool:
+        deadline = time.monotonic() + wait_s
+        with self._freed:
+            while self.used >= self.size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._freed.wait(left)
+            self.used += 1
+            return True
+
+    def give(self) -> None:
+        with self._freed:
+            self.used -= 1
+            self._freed.notify()
+
+
+class _Once:
+    """Gives a slot back once, whichever comes first: the body fully read, or the request's end."""
+
+    def __init__(self, slots: _Slots):
+        self._slots, self._done, self._lock = slots, False, threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        self._slots.give()
+
+
+class _TimedInput:
+    """wsgi.input whose reads raise 408 (an HTTPException, answered as JSON by the app) when the socket
+    timeout set on the connection expires, and which gives its upload slot back once the body is in."""
+
+    def __init__(self, stream, length: int | None, on_complete):
+        self._stream, self._left, self._on_complete = stream, length, on_complete
+
+    def _call(self, method, *args):
+        try:
+            data = getattr(self._stream, method)(*args)
+        except (socket.timeout, TimeoutError):
+            raise RequestTimeout("the request body stopped arriving; send it without pauses") from None
+        if isinstance(data, (bytes, bytearray)):
+            if self._left is not None:
+                self._left -= len(data)
+            if not data or (self._left is not None and self._left <= 0):
+                self._on_complete()
+        return data
+
+    def read(self, *args):
+        return self._call("read", *args)
+
+    def readline(self, *args):
+        return self._call("readline", *args)
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _busy(start_response, message: str):
+    body = json.dumps({"error": {"code": "busy", "message": message}}).encode()
+    start_response("503 SERVICE UNAVAILABLE", [("Content-Type", "application/json"), ("Retry-After", "5"),
+                                               ("Content-Length", str(len(body))), ("Connection", "close")])
+    return [body]
+
+
+class ConnectionGuard:
+    def __init__(self, wsgi_app, max_sockets: int, max_uploads: int, body_timeout_s: float,
+                 socketio_path: str = "/socket.io/"):
+        self.wsgi_app = wsgi_app
+        self.sockets = _Slots(max_sockets)
+        self.uploads = _Slots(max_uploads)
+        self.body_timeout_s = float(body_timeout_s)
+        self.socketio_path = socketio_path
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith(self.socketio_path):
+            if not self.sockets.take():
+                return _busy(start_response, "the server holds its maximum of socket connections; try again shortly")
+            return self._run(environ, start_response, _Once(self.sockets))
+        if _has_body(environ):
+            sock = environ.get("gunicorn.socket")
+            if sock is not None:  # also for a refusal: gunicorn may read the unread body before closing
+                sock.settimeout(self.body_timeout_s)
+            # A burst of uploads waits a moment for a slot; slots free as soon as bodies are in.
+            if not self.uploads.take(wait_s=UPLOAD_SLOT_WAIT_S):
+                return _busy(start_response, "the server is receiving its maximum of uploads; try again shortly")
+            release = _Once(self.uploads)
+            length = environ.get("CONTENT_LENGTH") or ""
+            environ["wsgi.input"] = _TimedInput(environ["wsgi.input"], int(length) if length.isdigit() else None,
+                                                release)
+            try:  # the view has read what it reads of the body once it returns
+                return self.wsgi_app(environ, _closing_on_timeout(start_response))
+            finally:
+                release()
+        return self.wsgi_app(environ, start_response)
+
+    def _run(self, environ, start_response, release):
+        try:
+            result = self.wsgi_app(environ, start_response)
+        except BaseException:
+            release()
+            raise
+        return _Releasing(result, release)
+
+
+class _Releasing:
+    """The response iterable, giving the slot back when the server closes it (after the last byte)."""
+
+    def __init__(self, result, release):
+        self._result, self._release = result, release
+
+    def __iter__(self):
+        return iter(self._result)
+
+    def close(self):
+        try:
+            if hasattr(self._result, "close"):
+                self._result.close()
+        finally:
+            self._release()
+
+
+def _closing_on_timeout(start_response):
+    """A 408 leaves the rest of the body unread: the connection is closed, never kept alive."""
+    def start(status, headers, exc_info=None):
+        if status.startswith("408"):
+            headers = [(k, v) for k, v in headers if k.lower() != "connection"] + [("Connection", "close")]
+        return start_response(status, headers, exc_info)
+    return start
+
+
+def _has_body(environ) -> bool:
+    length = environ.get("CONTENT_LENGTH") or ""
+    return (length.isdigit() and int(length) > 0) or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+
+
+def close_connections_without_namespace(server, namespaces: list[str], grace_s: float) -> None:
+    """A Socket.IO connection that has joined none of ``namespaces`` ``grace_s`` after it opened (it
+    joined none, or every join was refused: busy, unauthorized) is closed, so that idle connections
+    cannot keep the socket slots from live clients. ``server`` is the python-socketio server."""
+    connected = server._handle_eio_connect  # python-socketio's own engine.io connect handler
+
+    def on_connect(eio_sid, environ, *args):
+        result = connected(eio_sid, environ, *args)
+        timer = threading.Timer(grace_s, _close_if_idle, (server, eio_sid, namespaces))
+        timer.daemon = True
+        timer.start()
+        return result
+
+    server.eio.on("connect", on_connect)
+
+
+def _close_if_idle(server, eio_sid: str, namespaces: list[str]) -> None:
+    environ = server.environ.get(eio_sid)
+    if environ is None or any(server.manager.sid_from_eio_sid(eio_sid, ns) for ns in namespaces):
+        return
+    server.eio.disconnect(eio_sid)
+    # engine.io's close waits for the client to close its side of a websocket, and the connection
+    # keeps its thread meanwhile: an idle client never does, so the connection itself is shut.
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

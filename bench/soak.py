@@ -1,0 +1,205 @@
+"""Soak: every mode at once for a set time, watching the server's RSS, threads and open files.
+
+    python -m bench.soak [--minutes 30] [--live 16] [--photo-loops 2] [--video-loops 2] [--out ...]
+
+Starts ``gunicorn -w 1 --threads 32 wsgi:app`` (as ``make run``; rate limits off, the clients are all on
+loopback) and first times one video job alone (a generated 10 s 320x240 clip with a moving face). Then,
+for ``--minutes``: ``--live`` python-socketio clients stream a 640x480 one-face JPEG on ``/live`` (one
+frame in flight each), ``--photo-loops`` clients post the same picture to ``/api/v1/images`` one after
+the other, and ``--video-loops`` clients upload the clip, wait for its job to finish and delete it,
+again and again. Every 10 s the gunicorn worker's RSS, thread count and open files are sampled.
+
+Reported: errors by kind (any answer that is not the expected one), RSS first / last and its spread
+over the last two thirds of the run (target: within +-5%), threads and open files (first, last, max),
+live acknowledgement p50/p95, photo p50/p95, video jobs under load: count and median time, as a ratio to
+the job alone (target: within 4x).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+from skimage import data
+
+from bench.common import machine, percentile, write_results
+from bench.live_clients import connect, send
+from bench.memory_uploads import rss_mb, worker_pid
+from bench.photo_latency import one_face_640x480
+from tests.serving import gunicorn
+from tests.video_clips import moving_face_frames, write_clip
+
+SAMPLE_EVERY_S = 10.0
+
+
+class Tally:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.errors: dict[str, int] = {}
+        self.live_ms: list[float] = []
+        self.photo_ms: list[float] = []
+        self.video_s: list[float] = []
+
+    def error(self, kind: str) -> None:
+        with self.lock:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+def run_video_job(base_url: str, clip: bytes, timeout_s: float = 900) -> float:
+    t0 = time.perf_counter()
+    response = requests.post(f"{base_url}/api/v1/videos", files={"video": ("clip.mp4", clip)}, timeout=120)
+    response.raise_for_status()
+    job = response.json()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = requests.get(f"{base_url}/api/v1/videos/{job['id']}", timeout=30).json()
+        if status["status"] in ("done", "failed", "cancelled"):
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"video job {job['id']} still {status['status']} after {timeout_s:.0f} s")
+        time.sleep(0.5)
+    seconds = time.perf_counter() - t0
+    requests.delete(f"{base_url}/api/v1/videos/{job['id']}", headers={"X-Delete-Token": job["delete_token"]},
+                    timeout=30)
+    if status["status"] != "done":
+        raise RuntimeError(f"video job {status['status']}: {status['error']}")
+    return seconds
+
+
+def live_loop(base_url: str, jpeg: bytes, stop: threading.Event, tally: Tally) -> None:
+    try:
+        client = connect(base_url)
+    except Exception:
+        tally.error("live connect")
+        return
+    seq = 0
+    try:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                answer = send(client, seq, jpeg)
+            except Exception:
+                tally.error("live call")
+                break
+            seq += 1
+            if "error" in answer:
+                tally.error(f"live {answer['error']['code']}")
+            else:
+                with tally.lock:
+                    tally.live_ms.append((time.perf_counter() - t0) * 1000)
+    finally:
+        client.disconnect()
+
+
+def photo_loop(base_url: str, jpeg: bytes, stop: threading.Event, tally: Tally) -> None:
+    session = requests.Session()
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            r = session.post(f"{base_url}/api/v1/images", files={"image": ("face.jpg", jpeg)}, timeout=120)
+            if r.status_code != 200:
+                tally.error(f"photo {r.status_code}")
+                continue
+        except requests.RequestException:
+            tally.error("photo request")
+            continue
+        with tally.lock:
+            tally.photo_ms.append((time.perf_counter() - t0) * 1000)
+
+
+def video_loop(base_url: str, clip: bytes, stop: threading.Event, tally: Tally) -> None:
+    while not stop.is_set():
+        try:
+            seconds = run_video_job(base_url, clip)
+        except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+            tally.error(f"video {type(exc).__name__}")
+            time.sleep(1)
+            continue
+        with tally.lock:
+            tally.video_s.append(seconds)
+
+
+def spread(values: list[float]) -> dict:
+    mid = statistics.median(values)
+    return {"min": min(values), "max": max(values), "median": mid,
+            "spread_pct": round(100 * (max(values) - min(values)) / mid, 1)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--live", type=int, default=16)
+    parser.add_argument("--photo-loops", type=int, default=2)
+    parser.add_argument("--video-loops", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+
+    jpeg = one_face_640x480()
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = write_clip(Path(tmp) / "clip.mp4", moving_face_frames(data.astronaut(), frames=120), fps=12).read_bytes()
+    results = {"machine": machine(), "minutes": args.minutes, "live_clients": args.live,
+               "photo_loops": args.photo_loops, "video_loops": args.video_loops}
+    with gunicorn(env={"RATELIMIT_ENABLED": "false"}, threads=32) as (base_url, _ready):
+        pid = worker_pid(int(base_url.rsplit(":", 1)[1]))
+        alone = run_video_job(base_url, clip)
+        results["video_job_alone_s"] = round(alone, 1)
+        print(f"{results['machine']}\nvideo job alone: {alone:.1f} s", flush=True)
+
+        tally, stop = Tally(), threading.Event()
+        workers = ([threading.Thread(target=live_loop, args=(base_url, jpeg, stop, tally)) for _ in range(args.live)]
+                   + [threading.Thread(target=photo_loop, args=(base_url, jpeg, stop, tally))
+                      for _ in range(args.photo_loops)]
+                   + [threading.Thread(target=video_loop, args=(base_url, clip, stop, tally))
+                      for _ in range(args.video_loops)])
+        for w in workers:
+            w.start()
+        samples = []
+        t0 = time.monotonic()
+        end = t0 + args.minutes * 60
+        while time.monotonic() < end:
+            time.sleep(SAMPLE_EVERY_S)
+            sample = {"t_s": round(time.monotonic() - t0), "rss_mb": round(rss_mb(pid), 1),
+                      "threads": thread_count(pid), "open_files": open_files(pid)}
+            samples.append(sample)
+            print(f"  {sample}  errors {tally.errors}", flush=True)
+        stop.set()
+        for w in workers:
+            w.join(timeout=960)
+
+    late = [s["rss_mb"] for s in samples[len(samples) // 3:]]
+    results.update({
+        "errors": tally.errors,
+        "rss_mb": {"first": samples[0]["rss_mb"], "last": samples[-1]["rss_mb"], "last_two_thirds": spread(late)},
+        "threads": {"first": samples[0]["threads"], "last": samples[-1]["threads"],
+                    "max": max(s["threads"] for s in samples)},
+        "open_files": {"first": samples[0]["open_files"], "last": samples[-1]["open_files"],
+                       "max": max(s["open_files"] for s in samples)},
+        "live_ack_ms": {"p50": round(percentile(tally.live_ms, 50), 1), "p95": round(percentile(tally.live_ms, 95), 1),
+                        "frames": len(tally.live_ms)},
+        "photo_ms": {"p50": round(percentile(tally.photo_ms, 50), 1), "p95": round(percentile(tally.photo_ms, 95), 1),
+                     "requests": len(tally.photo_ms)},
+        "video_jobs_under_load": {"count": len(tally.video_s),
+                                  "median_s": round(statistics.median(tally.video_s), 1) if tally.video_s else None,
+                                  "vs_alone": round(statistics.median(tally.video_s) / alone, 2) if tally.video_s else None},
+        "samples": samples,
+    })
+    print({k: v for k, v in results.items() if k != "samples"})
+    write_results(results, args.out)
+    return results
+
+
+def thread_count(pid: int) -> int:
+    return int(re.search(r"^Threads:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1))
+
+
+def open_files(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Memory bounded by design: large photos decoded reduced (boxes still in their own pixels), a pixel
+budget shared by concurrent requests (wait, then 503), and free heap memory given back after peaks.
+Peak and idle RSS under 16 concurrent 40 Mpx uploads are measured by bench/memory_uploads.py."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+import app.budget as budget_module
+from app import create_app
+from app.budget import BudgetExceeded, PixelBudget, release_free_memory
+from app.imaging import decode_image, image_pixels
+from helpers import ASTRONAUT_FACE, TestConfig, box_iou, encode, upload
+
+
+def one_bit_png(side: int) -> bytes:
+    """The attacker's picture: a few KB of PNG, side x side pixels of one bit."""
+    buf = io.BytesIO()
+    Image.new("1", (side, side), 1).save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_large_pictures_decode_reduced(astronaut, fmt):
+    big = cv2.resize(astronaut, (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    decoded = decode_image(encode(big, fmt), max_pixels=40_000_000, max_side=700)
+    assert max(decoded.pixels.shape[:2]) <= 700 and decoded.pixels.dtype == np.uint8
+    assert (decoded.width, decoded.height) == (2048, 2048)
+    assert decoded.scale[0] == pytest.approx(2048 / decoded.pixels.shape[1])
+    small = decode_image(encode(astronaut, fmt), max_pixels=40_000_000, max_side=700)
+    assert small.pixels.shape == (512, 512, 3) and small.scale == (1.0, 1.0)
+
+
+def test_a_one_bit_bomb_decodes_small():
+    decoded = decode_image(one_bit_png(6300), max_pixels=40_000_000, max_side=4096)
+    assert decoded.pixels.shape == (4096, 4096, 3) and (decoded.width, decoded.height) == (6300, 6300)
+    assert image_pixels(one_bit_png(100), 10**6) == 100 * 100
+
+
+def test_exif_rotated_large_jpeg_reports_its_oriented_size(astronaut):
+    big = cv2.resize(astronaut, (1600, 1200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated a quarter turn
+    decoded = decode_image(encode(big, "JPEG", exif=exif.tobytes()), max_pixels=10**8, max_side=800)
+    assert (decoded.width, decoded.height) == (1200, 1600)
+    assert decoded.pixels.shape[0] > decoded.pixels.shape[1]
+
+
+def test_boxes_of_a_reduced_photo_are_in_its_own_pixels(service, astronaut):
+    class Reduced(TestConfig):
+        DECODE_MAX_SIDE = 600
+
+    client = create_app(Reduced, service=service).test_client()
+    big = cv2.resize(astronaut, (1536, 1536), interpolation=cv2.INTER_CUBIC)
+    r = client.post("/api/v1/images", data={"image": upload(encode(big), "big.jpg")})
+    assert r.status_code == 200
+    image = r.json["images"][0]
+    assert (image["width"], image["height"]) == (1536, 1536)
+    (face,) = image["faces"]
+    assert box_iou(face["box"], [v * 3 for v in ASTRONAUT_FACE]) > 0.6, face["box"]
+    assert all(0 <= x <= 1536 and 0 <= y <= 1536 for x, y in face["landmarks"])
+
+
+def test_the_budget_makes_requests_wait_then_refuses():
+    budget = PixelBudget(100, wait_s=5)
+    entered, leave = threading.Event(), threading.Event()
+
+    def second_request():
+        with budget.reserve(60):
+            entered.set()
+            leave.wait(5)
+
+    with budget.reserve(60):
+        waiter = threading.Thread(target=second_request)
+        waiter.start()
+        assert not entered.wait(0.2) and budget.in_use == 60  # waiting: 60 + 60 is over the budget
+    assert entered.wait(5) and budget.in_use == 60
+    leave.set()
+    waiter.join(5)
+    assert budget.in_use == 0
+    impatient = PixelBudget(100, wait_s=0.05)
+    with impatient.reserve(100), pytest.raises(BudgetExceeded):
+        with impatient.reserve(1):
+            pass
+    with impatient.reserve(10**9):  # larger than the budget: fits alone, as the whole budget
+        assert impatient.in_use == 100
+
+
+def test_a_busy_budget_answers_503(service, astronaut):
+    class Tight(TestConfig):
+        PIXEL_BUDGET = 1_000_000
+        PIXEL_BUDGET_WAIT_S = 0.1
+
+    app = create_app(Tight, service=service)
+    client = app.test_client()
+    with app.extensions["pixel_budget"].reserve(1_000_000):
+        r = client.post("/api/v1/images", data={"image": upload(encode(astronaut))})
+    assert r.status_code == 503 and r.json["error"]["code"] == "busy" and r.headers["Retry-After"] == "1"
+    assert client.post("/api/v1/images", data={"image": upload(encode(astronaut))}).status_code == 200
+
+
+def test_free_memory_goes_back_after_large_pictures(monkeypatch):
+    assert release_free_memory()  # glibc's malloc_trim is there (Linux)
+    calls = []
+    monkeypatch.setattr(budget_module, "release_free_memory", lambda: calls.append(1) or True)
+    budget = PixelBudget(100_000_000, trim_after_pixels=8_000_000)
+    for _ in range(3):
+        with budget.reserve(1_000_000):  # small pictures: no trim yet
+            pass
+    assert calls == []
+    with budget.reserve(40_000_000):
+        with budget.reserve(1_000):
+            pass
+        assert calls == []  # not while a picture is still held
+    assert calls == [1]
