@@ -42,6 +42,10 @@ class Config:
     EMOTION_WEIGHTS = os.environ.get("FACEAPP_EMOTION_WEIGHTS", str(ROOT / "models" / "weights" / "emotion.pt"))
     AGE_GENDER_WEIGHTS = os.environ.get("FACEAPP_AGE_GENDER_WEIGHTS",
                                         str(ROOT / "models" / "weights" / "age_gender.pt"))
+    # torch: the checkpoints in PyTorch; onnxruntime: their ONNX exports (python -m models.export), made
+    # once per set of weights into ONNX_DIR, run by ONNX Runtime (its CUDA provider on a GPU when installed)
+    INFERENCE_BACKEND = os.environ.get("INFERENCE_BACKEND", "torch").strip().lower()
+    ONNX_DIR = os.environ.get("FACEAPP_ONNX_DIR", str(ROOT / "instance" / "onnx"))
     DETECTOR_MAX_SIDE = _int("FACEAPP_DETECTOR_MAX_SIDE", 1280)
     DETECTOR_MIN_FACE = _int("FACEAPP_DETECTOR_MIN_FACE", 20)
     DETECTOR_MIN_SCORE = _float("FACEAPP_DETECTOR_MIN_SCORE", 0.9)

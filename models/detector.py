@@ -56,6 +56,11 @@ class FaceDetector:
         self._mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds),
                             device=self.device, post_process=False)
 
+    def use_networks(self, pnet: torch.nn.Module, rnet: torch.nn.Module, onet: torch.nn.Module) -> None:
+        """Run MTCNN's three stages with other implementations of its networks (same inputs and
+        outputs, e.g. ``models.onnx_backend.OrtModule``); the pyramid, NMS and box logic stay as they are."""
+        self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet = pnet, rnet, onet
+
     def detect(self, image: np.ndarray, max_side: int | None = None) -> list[Detection]:
         """RGB uint8 (H, W, 3) -> detections sorted by score, best first.
 

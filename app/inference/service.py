@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # get 1.8x the frames/s they got when detection took one picture at a time (bench/live_clients.py).
 DETECT_BATCH_SIZE = 8
 
+BACKENDS = ("torch", "onnxruntime")
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> the first CUDA GPU when there is one, else the CPU."""
@@ -102,6 +104,8 @@ class ServiceSettings:
     detector_max_side: int = 1280
     detector_min_face: int = 20
     detector_min_score: float = 0.9
+    backend: str = "torch"  # torch | onnxruntime
+    onnx_dir: str = "instance/onnx"
 
     @classmethod
     def from_config(cls, config) -> "ServiceSettings":
@@ -117,6 +121,8 @@ class ServiceSettings:
             detector_max_side=int(get("DETECTOR_MAX_SIDE")),
             detector_min_face=int(get("DETECTOR_MIN_FACE")),
             detector_min_score=float(get("DETECTOR_MIN_SCORE")),
+            backend=str(get("INFERENCE_BACKEND")),
+            onnx_dir=str(get("ONNX_DIR")),
         )
 
 
@@ -130,14 +136,19 @@ class InferenceService:
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
+        if settings.backend not in BACKENDS:
+            raise ValueError(f"INFERENCE_BACKEND must be one of {', '.join(BACKENDS)}, not {settings.backend!r}")
+        self.backend = settings.backend
         self.device = resolve_device(settings.device)
-        self.half = self.device.type == "cuda"
+        self.half = self.device.type == "cuda" and self.backend == "torch"
         if self.device.type == "cpu":
             torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
         self.emotion = self._load(settings.emotion_weights, "emotion")
         self.age_gender = self._load(settings.age_gender_weights, "age_gender")
         self.detector = FaceDetector(device=self.device, min_face_size=settings.detector_min_face,
                                      max_side=settings.detector_max_side, min_score=settings.detector_min_score)
+        if self.backend == "onnxruntime":
+            self._use_onnxruntime()
         # No waiting for companions (max_wait_ms=0): a lone picture is detected at once; under load,
         # pictures queue while a batch runs and leave together in the next one.
         self._detector: MicroBatcher[_DetectRequest, list[Detection]] = MicroBatcher(
@@ -157,6 +168,8 @@ class InferenceService:
     # -- loading --------------------------------------------------------------------------------
     def _load(self, path: str, task: str) -> LoadedModel:
         loaded = load_checkpoint(path, task=task)
+        if self.backend == "onnxruntime":
+            return loaded  # its network is replaced by the ONNX export (_use_onnxruntime)
         # BatchNorm folded into the convolutions: same outputs, fewer passes over the activations.
         model = fuse_conv_bn(loaded.model).to(self.device)
         # channels_last: ~1.6x faster convolutions on this CPU (bench/), and the fast layout on GPUs.
@@ -166,6 +179,22 @@ class InferenceService:
         loaded.model = model
         log.info("loaded %s model %s (%s) on %s", task, path, loaded.card.arch, self.device)
         return loaded
+
+    def _use_onnxruntime(self) -> None:
+        """Swap every network for its ONNX export run by ONNX Runtime; the checkpoints still supply the
+        cards (preprocessing, labels)."""
+        from models.onnx_backend import OrtModule, exported_models, make_session
+
+        paths = exported_models(self.settings.onnx_dir, self.settings.emotion_weights,
+                                self.settings.age_gender_weights)
+        threads = torch.get_num_threads() if self.device.type == "cpu" else 0
+        session = lambda name: make_session(paths[name], self.device, threads)  # noqa: E731
+        self.emotion.model = OrtModule(session("emotion"), outputs=["logits"])
+        self.age_gender.model = OrtModule(session("age_gender"), outputs=["outputs"])
+        self.detector.use_networks(OrtModule(session("mtcnn_pnet")), OrtModule(session("mtcnn_rnet")),
+                                   OrtModule(session("mtcnn_onet")))
+        log.info("onnxruntime backend: %s (%s)", paths["emotion"].parent,
+                 self.emotion.model.session.get_providers()[0])
 
     def _warm_up(self) -> None:
         """First calls allocate and pick kernels; pay that before the server reports ready."""
@@ -178,6 +207,9 @@ class InferenceService:
     # -- public API -----------------------------------------------------------------------------
     @property
     def device_description(self) -> str:
+        if self.backend == "onnxruntime":
+            provider = self.emotion.model.session.get_providers()[0]
+            return f"{self.device} (onnxruntime {provider}, fp32)"
         if self.device.type == "cuda":
             return f"{self.device} ({torch.cuda.get_device_name(self.device)}, fp16)"
         return f"cpu ({torch.get_num_threads()} threads, fp32)"
@@ -294,8 +326,10 @@ class InferenceService:
                         age_gender_crop=resize_face(image, self.age_gender.card.preprocess))
 
     def _run_head(self, head: LoadedModel, crops: list[np.ndarray]) -> torch.Tensor:
-        x = to_tensor(crops, head.card.preprocess).to(self.device, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = to_tensor(crops, head.card.preprocess)
+        if self.backend == "onnxruntime":
+            return head.model(x)
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         if self.half:
             x = x.half()
         return head.model(x)
