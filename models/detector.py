@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import torch
 
+from models.mtcnn_pipeline import detect_faces
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -53,6 +55,7 @@ class FaceDetector:
         self.min_face_size = int(min_face_size)
         self.min_score = float(min_score)
         self.follow_min_score = float(follow_min_score)
+        self.thresholds = tuple(thresholds)
         self._mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds),
                             device=self.device, post_process=False)
 
@@ -134,17 +137,11 @@ class FaceDetector:
 
     def _detect_scaled(self, scaled: list[np.ndarray], scales: list[float]) -> list[list[Detection]]:
         same_size = len({im.shape for im in scaled}) == 1
-        if same_size and len(scaled) > 1:
-            batch = np.stack(scaled)
-            boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
-        else:
-            boxes, probs, points = [], [], []
-            for im in scaled:
-                b, p, l = self._mtcnn.detect(im, landmarks=True)
-                boxes.append(b)
-                probs.append(p)
-                points.append(l)
-        return [self._convert(b, p, l, s) for b, p, l, s in zip(boxes, probs, points, scales)]
+        groups = [scaled] if same_size else [[im] for im in scaled]
+        found = [r for group in groups for r in detect_faces(
+            group, self.min_face_size, self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet, self.thresholds,
+            self.device)]
+        return [self._convert(boxes, points, scale) for (boxes, points), scale in zip(found, scales)]
 
     def _downscale(self, image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -157,18 +154,9 @@ class FaceDetector:
         small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         return small, scale
 
-    def _convert(self, boxes, probs, points, scale: float) -> list[Detection]:
-        # With numpy 2, facenet-pytorch 2.5.3 returns object arrays (and None for no face): make them float.
-        if boxes is None or points is None or len(boxes) == 0 or boxes[0] is None:
-            return []
-        boxes = np.asarray(np.stack([np.asarray(b, dtype=np.float32) for b in boxes]), dtype=np.float32)
-        points = np.asarray(np.stack([np.asarray(p, dtype=np.float32) for p in points]), dtype=np.float32)
-        probs = np.asarray([float(p) for p in probs], dtype=np.float32)
-        out = []
-        for box, prob, pts in zip(boxes, probs, points):
-            if prob < self.min_score:
-                continue
-            out.append(Detection(box=box / scale, score=float(prob), landmarks=pts / scale))
+    def _convert(self, boxes: np.ndarray, points: np.ndarray, scale: float) -> list[Detection]:
+        out = [Detection(box=box[:4] / scale, score=float(box[4]), landmarks=pts / scale)
+               for box, pts in zip(boxes, points) if box[4] >= self.min_score]
         out.sort(key=lambda d: -d.score)
         return out
 
