@@ -43,8 +43,9 @@ class Config:
     AGE_GENDER_WEIGHTS = os.environ.get("FACEAPP_AGE_GENDER_WEIGHTS",
                                         str(ROOT / "models" / "weights" / "age_gender.pt"))
     # torch: the checkpoints in PyTorch; onnxruntime: their ONNX exports (python -m models.export), made
-    # once per set of weights into ONNX_DIR, run by ONNX Runtime (its CUDA provider on a GPU when installed)
-    INFERENCE_BACKEND = os.environ.get("INFERENCE_BACKEND", "torch").strip().lower()
+    # once per set of weights into ONNX_DIR, run by ONNX Runtime (its CUDA provider on a GPU when installed).
+    # auto: onnxruntime on the CPU (a one-face photo 72 vs 123 ms p50, bench/backends.py), torch (fp16) on a GPU.
+    INFERENCE_BACKEND = os.environ.get("INFERENCE_BACKEND", "auto").strip().lower()
     ONNX_DIR = os.environ.get("FACEAPP_ONNX_DIR", str(ROOT / "instance" / "onnx"))
     DETECTOR_MAX_SIDE = _int("FACEAPP_DETECTOR_MAX_SIDE", 1280)
     DETECTOR_MIN_FACE = _int("FACEAPP_DETECTOR_MIN_FACE", 20)

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from app.inference.service import InferenceService, ServiceSettings
+from app.inference.service import InferenceService, ServiceSettings, resolve_backend
 from helpers import TestConfig
 from models.checkpoint import load_checkpoint
 from models.detector import FaceDetector
@@ -176,16 +176,16 @@ def test_torchscript_heads_match_and_carry_their_card(torchscript_dir, heads, cr
         assert json.loads((torchscript_dir / f"{name}.json").read_text())["format"] == "torchscript"
 
 
-def test_onnxruntime_backend_serves_the_same_answers(onnx_cache, service, astronaut, grace_hopper):
+def test_onnxruntime_backend_serves_the_same_answers(onnx_cache, astronaut, grace_hopper):
     cache, _ = onnx_cache
     base = ServiceSettings.from_config(TestConfig)
-    settings = ServiceSettings(**{**base.__dict__, "backend": "onnxruntime", "onnx_dir": str(cache)})
-    ort_service = InferenceService(settings)
+    services = {b: InferenceService(ServiceSettings(**{**base.__dict__, "backend": b, "onnx_dir": str(cache)}))
+                for b in ("torch", "onnxruntime")}
     try:
-        assert "onnxruntime" in ort_service.device_description
+        assert "onnxruntime" in services["onnxruntime"].device_description
         assert len(list(cache.iterdir())) == 1  # the export made above was reused, not repeated
         for image in (astronaut, grace_hopper):
-            (expected,), (got,) = service.analyze(image).faces, ort_service.analyze(image).faces
+            (expected,), (got,) = (services[b].analyze(image).faces for b in ("torch", "onnxruntime"))
             assert np.abs(np.subtract(expected.box, got.box)).max() < 0.5
             assert got.emotion.label == expected.emotion.label
             assert max(abs(got.emotion.probabilities[k] - v)
@@ -193,7 +193,14 @@ def test_onnxruntime_backend_serves_the_same_answers(onnx_cache, service, astron
             assert abs(got.age.years - expected.age.years) <= AGE_TOL
             assert got.gender.label == expected.gender.label
     finally:
-        ort_service.close()
+        for s in services.values():
+            s.close()
+
+
+def test_auto_backend_is_onnxruntime_on_the_cpu(service):
+    assert TestConfig.INFERENCE_BACKEND == "auto" and service.backend == "onnxruntime"
+    assert resolve_backend("auto", torch.device("cuda:0")) == "torch"
+    assert resolve_backend("torch", torch.device("cpu")) == "torch"
 
 
 def test_unknown_backend_is_refused():

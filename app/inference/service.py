@@ -51,6 +51,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_backend(name: str, device: torch.device) -> str:
+    """'auto' -> onnxruntime on the CPU (the faster there: bench/backends.py), torch on a GPU (fp16)."""
+    if name == "auto":
+        return "onnxruntime" if device.type == "cpu" else "torch"
+    return name
+
+
 def reading_order(detections: list[Detection]) -> list[Detection]:
     """Top-to-bottom rows, left to right within a row, so that face #n in a crowd is easy to find.
     A face joins the current row when its centre is within half a (median) face height of the row's."""
@@ -104,7 +111,7 @@ class ServiceSettings:
     detector_max_side: int = 1280
     detector_min_face: int = 20
     detector_min_score: float = 0.9
-    backend: str = "torch"  # torch | onnxruntime
+    backend: str = "auto"  # auto | torch | onnxruntime
     onnx_dir: str = "instance/onnx"
 
     @classmethod
@@ -136,10 +143,10 @@ class InferenceService:
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
-        if settings.backend not in BACKENDS:
-            raise ValueError(f"INFERENCE_BACKEND must be one of {', '.join(BACKENDS)}, not {settings.backend!r}")
-        self.backend = settings.backend
+        if settings.backend not in BACKENDS + ("auto",):
+            raise ValueError(f"INFERENCE_BACKEND must be auto, {' or '.join(BACKENDS)}, not {settings.backend!r}")
         self.device = resolve_device(settings.device)
+        self.backend = resolve_backend(settings.backend, self.device)
         self.half = self.device.type == "cuda" and self.backend == "torch"
         if self.device.type == "cpu":
             torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
