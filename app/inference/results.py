@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from app.inference.explain import Explanation
+
 AGE_GROUPS: tuple[tuple[str, int, int], ...] = (
     ("child", 0, 12),
     ("teen", 13, 19),
@@ -80,6 +82,7 @@ class Face:
     age: Age
     gender: Gender
     track_id: int | None = None
+    explanation: Explanation | None = None  # ?explain=true: what drove the emotion label
 
     def to_dict(self) -> dict:
         d = {
@@ -92,6 +95,8 @@ class Face:
         }
         if self.track_id is not None:
             d["track_id"] = self.track_id
+        if self.explanation is not None:
+            d["explanation"] = self.explanation.to_dict()
         return d
 
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from app.inference.batching import MicroBatcher
+from app.inference.explain import (Explanation, crop_matrix, heat_from_drops, heat_on_box, occlusion_batch,
+                                   render_png)
 from app.inference.results import Age, Analysis, Emotion, Face, FacePrediction, Gender, age_group
 from models.age_gender import decode_age_gender
 from models.checkpoint import LoadedModel, load_checkpoint
@@ -296,6 +298,24 @@ class InferenceService:
                 for image, found in zip(images, detections) for d in found]
         preds = iter([f.result() for f in self._batcher.submit_many(jobs)])
         return [[_face(d, next(preds)) for d in found] for found in detections]
+
+    def explain(self, image: np.ndarray, face: Face) -> Explanation:
+        """Occlusion sensitivity of ``face``'s emotion label (app/inference/explain.py), mapped onto its box.
+        Runs the emotion model directly (one batch per face), not through the micro-batcher: an
+        explanation is an on-demand extra, not the traffic the batcher shapes."""
+        cfg = self.emotion.card.preprocess
+        landmarks = np.asarray(face.landmarks, np.float32) if face.landmarks else None
+        crop = (align_face(image, landmarks, cfg) if landmarks is not None else resize_face(image, cfg))
+        batch, patches = occlusion_batch(crop)
+        with torch.inference_mode():
+            probs = decode_emotion(self._run_head(self.emotion, list(batch))).cpu().numpy()
+        label = int(probs[0].argmax())
+        drops = probs[0, label] - probs[1:, label]
+        heat = heat_on_box(heat_from_drops(crop.shape[0], patches, drops), crop_matrix(image.shape, landmarks, cfg),
+                           face.box)
+        return Explanation(method="occlusion", label=self.emotion.card.labels["emotion"][label], box=face.box,
+                           width=heat.shape[1], height=heat.shape[0], peak_drop=float(max(drops.max(), 0.0)),
+                           png=render_png(heat))
 
     def close(self) -> None:
         self._detector.close()
