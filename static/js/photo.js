@@ -145,6 +145,7 @@ function releaseShown() {
 }
 
 function clearResults() {
+  document.dispatchEvent(new CustomEvent('photo:cleared'));
   releaseShown();
   ui.results.hidden = true;
   ui.overlay.replaceChildren();
@@ -197,6 +198,7 @@ async function showResults(file, payload, roundTripMs, signal) {
   renderFaceCards(ui.cards, ui.cardTemplate, frame.faces, frame, previewLoaded ? ui.image : null);
   ui.results.hidden = false; // before drawing: the overlay is sized from the picture on screen
   drawOverlay();
+  document.dispatchEvent(new CustomEvent('photo:results', { detail: { file, frame } })); // photo-explain.js
 }
 
 /* ---------- The whole flow ---------- */
