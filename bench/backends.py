@@ -79,6 +79,7 @@ def main(argv=None) -> dict:
     services = {b: InferenceService(ServiceSettings(**{**base.__dict__, "backend": b})) for b in BACKENDS}
     clients = {b: create_app(Config, service=s).test_client() for b, s in services.items()}
     results: dict = {"machine": machine(), "devices": {b: s.device_description for b, s in services.items()},
+                     "max_wait_ms": {b: s.max_wait_ms for b, s in services.items()},
                      "detector": {"max_side": base.detector_max_side, "min_face": base.detector_min_face},
                      "photo": [photo_rounds(clients, one_face_640x480(), "one_face_640x480.jpg", args.runs)]}
     if args.media:
