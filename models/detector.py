@@ -64,26 +64,29 @@ class FaceDetector:
         outputs, e.g. ``models.onnx_backend.OrtModule``); the pyramid, NMS and box logic stay as they are."""
         self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet = pnet, rnet, onet
 
-    def detect(self, image: np.ndarray, max_side: int | None = None) -> list[Detection]:
+    def detect(self, image: np.ndarray, max_side: int | None = None, min_face: int | None = None) -> list[Detection]:
         """RGB uint8 (H, W, 3) -> detections sorted by score, best first.
 
-        ``max_side`` overrides the detector's own for this call (the live mode detects on smaller
-        pictures than the photo API).
+        ``max_side`` and ``min_face`` override the detector's own for this call (the live mode detects
+        on smaller pictures than the photo API; photos look for faces down to a larger size).
         """
-        return self.detect_many([image], max_side)[0]
+        return self.detect_many([image], max_side, min_face)[0]
 
-    def detect_many(self, images: list[np.ndarray], max_side: int | None = None) -> list[list[Detection]]:
+    def detect_many(self, images: list[np.ndarray], max_side: int | None = None,
+                    min_face: int | None = None) -> list[list[Detection]]:
         """Several pictures at once. Same-sized pictures go through MTCNN as one batch (video frames)."""
         if not images:
             return []
         max_side = self.max_side if max_side is None else max_side
+        min_face = self.min_face_size if min_face is None else int(min_face)
         pairs = [self._downscale(img, max_side) for img in images]
-        # MTCNN's pyramid is empty (and facenet-pytorch fails) when the short side is below the
-        # smallest face size: such a picture has no face we could find.
-        searchable = [i for i, (im, _) in enumerate(pairs) if min(im.shape[:2]) >= self.min_face_size]
+        # MTCNN's pyramid is empty when the short side is below the smallest face size: such a
+        # picture has no face we could find.
+        searchable = [i for i, (im, _) in enumerate(pairs) if min(im.shape[:2]) >= min_face]
         results: list[list[Detection]] = [[] for _ in images]
         if searchable:
-            found = self._detect_scaled([pairs[i][0] for i in searchable], [pairs[i][1] for i in searchable])
+            found = self._detect_scaled([pairs[i][0] for i in searchable], [pairs[i][1] for i in searchable],
+                                        min_face)
             for i, detections in zip(searchable, found):
                 results[i] = detections
         return results
@@ -135,11 +138,11 @@ class FaceDetector:
                                                 landmarks=landmarks.astype(np.float32)))
         return [_merge_overlaps(found) for found in results]
 
-    def _detect_scaled(self, scaled: list[np.ndarray], scales: list[float]) -> list[list[Detection]]:
+    def _detect_scaled(self, scaled: list[np.ndarray], scales: list[float], min_face: int) -> list[list[Detection]]:
         same_size = len({im.shape for im in scaled}) == 1
         groups = [scaled] if same_size else [[im] for im in scaled]
         found = [r for group in groups for r in detect_faces(
-            group, self.min_face_size, self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet, self.thresholds,
+            group, min_face, self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet, self.thresholds,
             self.device)]
         return [self._convert(boxes, points, scale) for (boxes, points), scale in zip(found, scales)]
 

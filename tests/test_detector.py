@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers import ASTRONAUT_FACE, box_iou
+from helpers import ASTRONAUT_FACE, TestConfig, box_iou
 from models.detector import FaceDetector
 
 
@@ -30,10 +30,13 @@ def small_face_picture(astronaut, face_px: int, size: tuple[int, int], at: tuple
     return picture, face
 
 
-def test_a_24_pixel_face_is_found_in_a_large_picture(detector, astronaut):
+def test_a_24_pixel_face_is_found_in_a_photo(service, astronaut):
+    """Photos are searched for faces down to PHOTO_MIN_FACE (24) pixels: a 24-pixel face in a 1280x960
+    picture is found, through the service's photo path."""
+    assert TestConfig.PHOTO_MIN_FACE == 24
     picture, face = small_face_picture(astronaut, 24, (1280, 960), (700, 400))
-    found = detector.detect(picture)
-    assert any(box_iou(d.box, face) > 0.5 for d in found), [d.box for d in found]
+    found = service.analyze(picture).faces
+    assert any(box_iou(f.box, face) > 0.5 for f in found), [f.box for f in found]
 
 
 def test_boxes_of_a_downscaled_picture_come_back_in_its_own_pixels(detector, astronaut):
@@ -41,8 +44,18 @@ def test_boxes_of_a_downscaled_picture_come_back_in_its_own_pixels(detector, ast
     picture is 24 pixels there, still found, and reported where it is in the picture."""
     picture, face = small_face_picture(astronaut, 48, (2560, 1920), (1500, 900))
     assert max(picture.shape[:2]) > detector.max_side
-    found = detector.detect(picture)
+    found = detector.detect(picture, min_face=24)
     assert any(box_iou(d.box, face) > 0.5 for d in found), [d.box for d in found]
+
+
+def test_a_larger_smallest_face_is_a_smaller_search(detector, astronaut):
+    """min_face sets the pyramid's first level (12 / min_face of the picture): 24 searches 0.69x the
+    pixels of 20, and the astronaut is found either way."""
+    from models.mtcnn_pipeline import pyramid_scales
+
+    area = lambda mf: sum(round(480 * s + 1) * round(640 * s + 1) for s in pyramid_scales(480, 640, mf))  # noqa: E731
+    assert area(24) / area(20) < 0.72
+    assert len(detector.detect(astronaut, min_face=24)) == len(detector.detect(astronaut, min_face=20)) == 1
 
 
 @pytest.mark.parametrize("photo", ["astronaut", "grace_hopper", "side_by_side"])
