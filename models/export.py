@@ -173,11 +173,34 @@ def _export_onnx(spec: ExportSpec, path: Path) -> None:
                                     output_names=list(spec.output_names), dynamic_shapes=({**dims},),
                                     dynamo=True, opset_version=OPSET, verbose=False, optimize=True)
     model = program.model_proto
+    _strip_provenance(model)
     entry = model.metadata_props.add()
     entry.key, entry.value = CARD_KEY, json.dumps(spec.card, sort_keys=True)
     model.producer_name = "faceapp models.export"
     onnx.checker.check_model(model)
     _atomic_write(path, model.SerializeToString())
+
+
+def _strip_provenance(model) -> None:
+    """Drop what the exporter records about where it ran (stack traces with absolute paths and line
+    numbers, module paths such as ``__main__``): the file then depends only on the weights and the
+    library versions, so its checksum can be reproduced from another checkout."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        del graph.metadata_props[:]
+        graph.doc_string = ""
+        for items in (graph.input, graph.output, graph.value_info, graph.initializer):
+            for item in items:
+                del item.metadata_props[:]
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            graphs += [a.g for a in node.attribute if a.HasField("g")] + [g for a in node.attribute for g in a.graphs]
+    for function in model.functions:
+        for node in function.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
 
 
 def _export_torchscript(spec: ExportSpec, path: Path) -> None:
@@ -262,4 +285,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the module's own copy, so the wrapper classes are models.export.* (not __main__.*) in the files.
+    from models.export import main as export_main
+
+    sys.exit(export_main())
