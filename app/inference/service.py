@@ -344,8 +344,7 @@ class InferenceService:
     # -- internals ------------------------------------------------------------------------------
     def _detect_batch(self, requests: list[_DetectRequest]) -> list[list[Detection]]:
         """One MTCNN call per downscaling limit and smallest face asked for (live frames and photos ask
-        for their own), and
-        one O-net call for every refinement in the batch."""
+        for their own), and one O-net call for every refinement in the batch."""
         results: list[list[Detection]] = [[] for _ in requests]
         groups: dict[tuple[str, int | None, int | None], list[int]] = {}
         for i, request in enumerate(requests):
