@@ -5,6 +5,7 @@ import base64
 import io
 
 import numpy as np
+import torch
 from PIL import Image
 
 from helpers import encode, upload
@@ -70,3 +71,23 @@ def test_openapi_describes_the_explanation(client):
     spec = client.get("/api/v1/openapi.yaml").get_data(as_text=True)
     assert "- name: explain" in spec and 'explanation: {$ref: "#/components/schemas/Explanation"}' in spec
     assert "\n    Explanation:\n" in spec
+
+
+def test_the_torch_backend_explains_alike(service, astronaut):
+    """Occlusion needs forward passes only: PyTorch draws the same map as ONNX Runtime (the default here)."""
+    from app.inference.service import InferenceService, ServiceSettings
+    from helpers import TestConfig
+
+    base = ServiceSettings.from_config(TestConfig)
+    torch_service = InferenceService(ServiceSettings(**{**base.__dict__, "backend": "torch"}))
+    try:
+        (face,) = service.analyze(astronaut).faces
+        ours, theirs = service.explain(astronaut, face), torch_service.explain(astronaut, face)
+        assert service.backend == "onnxruntime" and ours.label == theirs.label
+        assert abs(ours.peak_drop - theirs.peak_drop) < 1e-3
+        a = heat_map({"png": ours.png, "width": ours.width, "height": ours.height})
+        b = heat_map({"png": theirs.png, "width": theirs.width, "height": theirs.height})
+        assert np.abs(a - b).max() <= 3  # opacity levels out of 210
+    finally:
+        torch_service.close()
+        torch.set_num_threads(service.torch_threads)  # torch's threads are per process

@@ -179,7 +179,7 @@ def test_torchscript_heads_match_and_carry_their_card(torchscript_dir, heads, cr
         assert json.loads((torchscript_dir / f"{name}.json").read_text())["format"] == "torchscript"
 
 
-def test_onnxruntime_backend_serves_the_same_answers(onnx_cache, astronaut, grace_hopper):
+def test_onnxruntime_backend_serves_the_same_answers(onnx_cache, service, astronaut, grace_hopper):
     cache, _ = onnx_cache
     base = ServiceSettings.from_config(TestConfig)
     services = {b: InferenceService(ServiceSettings(**{**base.__dict__, "backend": b, "onnx_dir": str(cache)}))
@@ -198,6 +198,7 @@ def test_onnxruntime_backend_serves_the_same_answers(onnx_cache, astronaut, grac
     finally:
         for s in services.values():
             s.close()
+        torch.set_num_threads(service.torch_threads)  # torch's threads are per process
 
 
 def test_auto_backend_is_onnxruntime_on_the_cpu(service):
