@@ -78,6 +78,7 @@ async function fetchExplanations(shown) {
     shown.explained = shown.frame.faces.map((face) => faces.find((f) => sameBox(f.box, face.box)) ?? face);
     text.textContent = 'Why this emotion?';
   } catch (error) {
+    shown.pending = false; // switching the toggle again retries
     if (current === shown) text.textContent = `Why this emotion? (failed: ${error.message})`;
     return;
   }
