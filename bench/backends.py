@@ -1,6 +1,6 @@
 """PyTorch against ONNX Runtime, side by side in one process (INFERENCE_BACKEND).
 
-    python -m bench.backends [--media ../shared/media] [--runs 30] [--out bench/results/backends.json]
+    python -m bench.backends [--media ../shared/media] [--runs 30] [--live] [--out bench/results/backends.json]
 
 Both services are loaded first; then every measurement alternates between them in rounds, so a
 change in the host's load (this shared machine's numbers move by +-30% in an afternoon) hits both alike:
@@ -10,6 +10,8 @@ change in the host's load (this shared machine's numbers move by +-30% in an aft
    process spent per request (all threads; on a quiet 2-core host the wall time is at least half of it).
 2. Heads alone: faces/s at batch 1 and 32 (emotion + age/gender together).
 3. Video: a whole job with default options on a generated 640x480 clip (96 frames, one moving face).
+4. With ``--live``: live mode, one gunicorn server per backend, 1 and 8 streaming clients
+   (bench/live_clients.py), one server after the other.
 The faster backend on the one-face photo is what ``app/config.py`` should default to on the CPU.
 """
 from __future__ import annotations
@@ -80,6 +82,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--media", type=Path, help="folder with group_photo.jpg (../shared/media)")
     parser.add_argument("--runs", type=int, default=30, help="photo requests per backend and picture")
     parser.add_argument("--no-video", action="store_true")
+    parser.add_argument("--live", action="store_true",
+                        help="also live mode: a gunicorn server per backend, 1 and 8 streaming clients "
+                             "(bench.live_clients, 2 x 8 s each)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -108,6 +113,12 @@ def main(argv=None) -> dict:
             results["video"] = video_rounds(services, Path(tmp))
     for s in services.values():
         s.close()
+    if args.live:  # servers of their own: after the in-process services are closed
+        from bench.live_clients import measure
+
+        live_args = argparse.Namespace(seconds=8.0, repeats=2, warm_up_seconds=3.0, clients=[1, 8],
+                                       smoothing_frames=0, detector_max_side=None)
+        results["live"] = {b: measure(live_args, None, backend=b)["streaming"] for b in BACKENDS}
 
     print(f"machine: {results['machine']}")
     for rows in results["photo"]:
@@ -121,6 +132,10 @@ def main(argv=None) -> dict:
               f"{h['faces_per_s_batch32']:.0f} at batch 32")
     for backend, v in results.get("video", {}).items():
         print(f"{backend:>11} video job ({v['clip']}): {v['fps_median']:.1f} frames/s")
+    for backend, rows in results.get("live", {}).items():
+        print(f"{backend:>11} live: " + "; ".join(
+            f"{r['clients']} client(s) {r['fps_aggregate']:.1f} fps (slowest {r['fps_min_client']:.1f}), "
+            f"server p50 {r['server_ms_p50']:.1f} ms" for r in rows))
     one = results["photo"][0]
     faster = min(one, key=lambda b: one[b]["end_to_end_ms"]["p50"])
     results["faster_one_face_photo"] = faster
