@@ -215,3 +215,15 @@ def test_unknown_backend_is_refused():
 
 def test_onnxruntime_is_installed_with_its_cpu_provider():
     assert "CPUExecutionProvider" in ort.get_available_providers()
+
+
+def test_a_damaged_export_is_made_again(onnx_cache):
+    """The backend's cache checks each file against its manifest: a truncated file is exported anew."""
+    from models.onnx_backend import exported_models
+
+    cache, folder = onnx_cache
+    manifest = json.loads((folder / "manifest.json").read_text())
+    damaged = folder / "mtcnn_rnet.onnx"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    paths = exported_models(cache, TestConfig.EMOTION_WEIGHTS, TestConfig.AGE_GENDER_WEIGHTS)
+    assert paths["mtcnn_rnet"] == damaged and sha256(damaged) == manifest["files"]["mtcnn_rnet"]["sha256"]
