@@ -227,3 +227,14 @@ def test_a_damaged_export_is_made_again(onnx_cache):
     damaged.write_bytes(damaged.read_bytes()[:1000])
     paths = exported_models(cache, TestConfig.EMOTION_WEIGHTS, TestConfig.AGE_GENDER_WEIGHTS)
     assert paths["mtcnn_rnet"] == damaged and sha256(damaged) == manifest["files"]["mtcnn_rnet"]["sha256"]
+
+
+def test_providers_cpu_and_cuda_when_the_build_has_it(caplog):
+    from models.onnx_backend import providers_for
+
+    assert providers_for(torch.device("cpu")) == ["CPUExecutionProvider"]
+    cuda = providers_for(torch.device("cuda:0"))
+    if "CUDAExecutionProvider" in ort.get_available_providers():  # onnxruntime-gpu
+        assert cuda[0][0] == "CUDAExecutionProvider"
+    else:  # the CPU build from requirements.txt: says so and runs on the CPU
+        assert cuda == ["CPUExecutionProvider"] and "onnxruntime-gpu" in caplog.text
