@@ -52,9 +52,9 @@ class Config:
     ONNX_DIR = os.environ.get("FACEAPP_ONNX_DIR", str(ROOT / "instance" / "onnx"))
     DETECTOR_MAX_SIDE = _int("FACEAPP_DETECTOR_MAX_SIDE", 1280)
     DETECTOR_MIN_FACE = _int("FACEAPP_DETECTOR_MIN_FACE", 20)
-    # Smallest face a photo (API, CLI) is searched for, in its pixels: 24 costs 25% less detection CPU than
-    # 20 on a 640x480 photo and still finds a 24-pixel face (tests/test_detector.py); video and live
-    # frames keep DETECTOR_MIN_FACE (the street clip's smallest faces are 19-24 pixels).
+    # Smallest face a photo (API, CLI) is searched for, in its pixels: 24 costs 20% less detection CPU than
+    # 20 on a 640x480 photo (bench/detector_cost.py) and still finds a 24-pixel face (tests/test_detector.py);
+    # video and live frames keep DETECTOR_MIN_FACE (crowds in downscaled 1080p frames have smaller faces).
     PHOTO_MIN_FACE = _int("FACEAPP_PHOTO_MIN_FACE", 24)
     DETECTOR_MIN_SCORE = _float("FACEAPP_DETECTOR_MIN_SCORE", 0.9)
 

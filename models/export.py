@@ -154,7 +154,7 @@ def mtcnn_specs() -> list[ExportSpec]:
             dynamic_hw=size is None,
             card={"name": name, "task": "face_detection", "arch": f"mtcnn.{cls.__name__}",
                   "package": f"facenet-pytorch {version('facenet-pytorch')}",
-                  "input": {"name": "input", "shape": ["N", 3, "H" if size is None else size, "W" if size is None else size],
+                  "input": {"name": "input", "shape": ["N", 3, size or "H", size or "W"],
                             "dtype": "float32", **_MTCNN_PREPROCESS},
                   "outputs": info["outputs"]}))
     return specs
@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--out", default=str(ROOT / "exported"), help="folder to write (default: exported/)")
     parser.add_argument("--emotion", default=None, help="emotion checkpoint (default: models/weights/emotion.pt)")
-    parser.add_argument("--age-gender", default=None, help="age/gender checkpoint (default: models/weights/age_gender.pt)")
+    parser.add_argument("--age-gender", default=None,
+                        help="age/gender checkpoint (default: models/weights/age_gender.pt)")
     args = parser.parse_args(argv)
     manifest = export_all(args.out, args.format, args.emotion, args.age_gender)
     for name, entry in manifest["files"].items():

@@ -2,8 +2,8 @@
 
 The box logic is facenet-pytorch's own (its ``generateBoundingBox``, NMS, ``rerec``, ``pad``, ``bbreg``
 are imported, not copied); what changes is how pictures are resampled, which was most of a photo's
-detection time on the CPU (a 640x480 photo: ~170 ``torch.nn.functional.interpolate`` calls, each an
-adaptive average pool: over a third of detection on 2 cores):
+detection time on the CPU (one ``torch.nn.functional.interpolate`` call, an adaptive average pool, per
+pyramid level and per candidate face: ~170 for a 640x480 photo):
 
 - Each pyramid level is one ``cv2.resize`` (INTER_AREA, on uint8 pixels, as the original MTCNN code
   did) of the picture, which ``FaceDetector`` has already reduced to at most ``max_side`` pixels.
@@ -53,7 +53,8 @@ def _run(net: torch.nn.Module, batch: np.ndarray, device: torch.device, dtype: t
     return [torch.cat(parts) for parts in zip(*outs)]
 
 
-def _crops(images: np.ndarray, image_inds: torch.Tensor, boxes: torch.Tensor, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _crops(images: np.ndarray, image_inds: torch.Tensor, boxes: torch.Tensor,
+           size: int) -> tuple[np.ndarray, np.ndarray]:
     """Each box's (clipped, 1-based as in facenet-pytorch) window, area-resized to size x size.
     Returns the crops and which boxes had a non-empty window."""
     h, w = images.shape[1:3]

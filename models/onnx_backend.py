@@ -46,9 +46,8 @@ def make_session(path: str | os.PathLike, device: torch.device, threads: int = 0
     if threads:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    # No busy-waiting between calls: MTCNN calls P-net once per pyramid level with torch work in
-    # between, and spinning threads steal those cores (P-net at 384x288 on 2 cores: 63 ms spinning,
-    # 24 ms not).
+    # No busy-waiting between calls: MTCNN calls its networks a dozen times per picture with other work
+    # in between, which threads spinning on the same cores slow down.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: the provider notices are noise in server logs
     return ort.InferenceSession(str(path), sess_options=options, providers=providers_for(device))

@@ -39,8 +39,8 @@ DETECT_BATCH_SIZE = 8
 
 BACKENDS = ("torch", "onnxruntime")
 # How long a face waits for companions when FACEAPP_MAX_WAIT_MS is unset. Heads' CPU time per face at
-# batch 32 vs alone (2 cores): torch 2.7 vs 12.6 ms, onnxruntime 2.4 vs 3.2 ms; so with onnxruntime a
-# lone photo face does not wait (faces queued while a batch runs still leave together).
+# batch 32 vs alone (bench/detector_cost.py, 2 cores): torch 2.7 vs 12.2 ms, onnxruntime 2.4 vs 3.2 ms;
+# so with onnxruntime a lone photo face does not wait (faces queued while a batch runs still leave together).
 DEFAULT_MAX_WAIT_MS = {"torch": 5.0, "onnxruntime": 0.0}
 
 
@@ -160,7 +160,7 @@ class InferenceService:
         self.max_wait_ms = settings.max_wait_ms if settings.max_wait_ms >= 0 else DEFAULT_MAX_WAIT_MS[self.backend]
         # CPU threads: the networks' runtime gets the cores. With onnxruntime, torch does only small glue
         # (tensor stacking, NMS) and one thread: its idle OpenMP workers otherwise spin on the cores
-        # ONNX Runtime is using (a 640x480 detection: 88 -> 68 ms of CPU).
+        # ONNX Runtime is using (bench/detector_cost.py: a 640x480 detection, 84 -> 62 ms of CPU).
         self.compute_threads = settings.torch_threads or os.cpu_count() or 1
         self.torch_threads = 1 if self.backend == "onnxruntime" else self.compute_threads
         if self.device.type == "cpu":
