@@ -37,13 +37,25 @@ class Config:
     DEVICE = os.environ.get("FACEAPP_DEVICE", "auto")  # auto | cpu | cuda | cuda:N
     TORCH_THREADS = _int("FACEAPP_TORCH_THREADS", 0)  # 0: one per CPU core
     MAX_BATCH_SIZE = _int("FACEAPP_MAX_BATCH_SIZE", 32)
-    MAX_WAIT_MS = _float("FACEAPP_MAX_WAIT_MS", 5.0)
+    # Longest a face waits for companions before its batch leaves. Unset: 5 ms with torch (a batch of 32
+    # costs 0.2x the CPU per face of one alone), 0 with onnxruntime (0.7x: not worth making a lone
+    # photo face wait; faces that arrive while a batch runs still leave together in the next one).
+    MAX_WAIT_MS = _float("FACEAPP_MAX_WAIT_MS", -1.0)
     MAX_QUEUE = _int("FACEAPP_MAX_QUEUE", 1024)
     EMOTION_WEIGHTS = os.environ.get("FACEAPP_EMOTION_WEIGHTS", str(ROOT / "models" / "weights" / "emotion.pt"))
     AGE_GENDER_WEIGHTS = os.environ.get("FACEAPP_AGE_GENDER_WEIGHTS",
                                         str(ROOT / "models" / "weights" / "age_gender.pt"))
+    # torch: the checkpoints in PyTorch; onnxruntime: their ONNX exports (python -m models.export), made
+    # once per set of weights into ONNX_DIR, run by ONNX Runtime (its CUDA provider on a GPU when installed).
+    # auto: onnxruntime on the CPU (a one-face photo 72 vs 123 ms p50, bench/backends.py), torch (fp16) on a GPU.
+    INFERENCE_BACKEND = os.environ.get("INFERENCE_BACKEND", "auto").strip().lower()
+    ONNX_DIR = os.environ.get("FACEAPP_ONNX_DIR", str(ROOT / "instance" / "onnx"))
     DETECTOR_MAX_SIDE = _int("FACEAPP_DETECTOR_MAX_SIDE", 1280)
     DETECTOR_MIN_FACE = _int("FACEAPP_DETECTOR_MIN_FACE", 20)
+    # Smallest face a photo (API, CLI) is searched for, in its pixels: 24 costs 20% less detection CPU than
+    # 20 on a 640x480 photo (bench/detector_cost.py) and still finds a 24-pixel face (tests/test_detector.py);
+    # video and live frames keep DETECTOR_MIN_FACE (crowds in downscaled 1080p frames have smaller faces).
+    PHOTO_MIN_FACE = _int("FACEAPP_PHOTO_MIN_FACE", 24)
     DETECTOR_MIN_SCORE = _float("FACEAPP_DETECTOR_MIN_SCORE", 0.9)
 
     # Uploads

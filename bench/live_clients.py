@@ -218,11 +218,12 @@ def report(results: dict) -> None:
               f"{row['fps_ratio']:.2f}x fps, server p50 {row['server_ms_p50_ratio']:.2f}x")
 
 
-def measure(args, search_every: int | None) -> dict:
-    """One server (``search_every``: its LIVE_SEARCH_EVERY, None for the app's), every measurement on it."""
+def measure(args, search_every: int | None, backend: str | None = None) -> dict:
+    """One server (``search_every``: its LIVE_SEARCH_EVERY, None for the app's; ``backend``: its
+    INFERENCE_BACKEND, None for the app's), every measurement on it."""
     from app.config import Config
 
-    env = {}
+    env = {"INFERENCE_BACKEND": backend} if backend else {}
     if args.detector_max_side:
         env["FACEAPP_LIVE_DETECTOR_MAX_SIDE"] = str(args.detector_max_side)
     if search_every is not None:

@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
     one_face = one_face_640x480()
     results: dict = {"machine": machine(), "device": service.device_description,
                      "batching": {"max_batch_size": service.settings.max_batch_size,
-                                  "max_wait_ms": service.settings.max_wait_ms}}
+                                  "max_wait_ms": service.max_wait_ms}}
     results["latency"] = [latency(client, one_face, "one_face_640x480.jpg", args.runs)]
     if args.media:
         group = (args.media / "group_photo.jpg").read_bytes()

@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import torch
 
+from models.mtcnn_pipeline import detect_faces
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -53,29 +55,38 @@ class FaceDetector:
         self.min_face_size = int(min_face_size)
         self.min_score = float(min_score)
         self.follow_min_score = float(follow_min_score)
+        self.thresholds = tuple(thresholds)
         self._mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds),
                             device=self.device, post_process=False)
 
-    def detect(self, image: np.ndarray, max_side: int | None = None) -> list[Detection]:
+    def use_networks(self, pnet: torch.nn.Module, rnet: torch.nn.Module, onet: torch.nn.Module) -> None:
+        """Run MTCNN's three stages with other implementations of its networks (same inputs and
+        outputs, e.g. ``models.onnx_backend.OrtModule``); the pyramid, NMS and box logic stay as they are."""
+        self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet = pnet, rnet, onet
+
+    def detect(self, image: np.ndarray, max_side: int | None = None, min_face: int | None = None) -> list[Detection]:
         """RGB uint8 (H, W, 3) -> detections sorted by score, best first.
 
-        ``max_side`` overrides the detector's own for this call (the live mode detects on smaller
-        pictures than the photo API).
+        ``max_side`` and ``min_face`` override the detector's own for this call (the live mode detects
+        on smaller pictures than the photo API; photos look for faces down to a larger size).
         """
-        return self.detect_many([image], max_side)[0]
+        return self.detect_many([image], max_side, min_face)[0]
 
-    def detect_many(self, images: list[np.ndarray], max_side: int | None = None) -> list[list[Detection]]:
+    def detect_many(self, images: list[np.ndarray], max_side: int | None = None,
+                    min_face: int | None = None) -> list[list[Detection]]:
         """Several pictures at once. Same-sized pictures go through MTCNN as one batch (video frames)."""
         if not images:
             return []
         max_side = self.max_side if max_side is None else max_side
+        min_face = self.min_face_size if min_face is None else int(min_face)
         pairs = [self._downscale(img, max_side) for img in images]
-        # MTCNN's pyramid is empty (and facenet-pytorch fails) when the short side is below the
-        # smallest face size: such a picture has no face we could find.
-        searchable = [i for i, (im, _) in enumerate(pairs) if min(im.shape[:2]) >= self.min_face_size]
+        # MTCNN's pyramid is empty when the short side is below the smallest face size: such a
+        # picture has no face we could find.
+        searchable = [i for i, (im, _) in enumerate(pairs) if min(im.shape[:2]) >= min_face]
         results: list[list[Detection]] = [[] for _ in images]
         if searchable:
-            found = self._detect_scaled([pairs[i][0] for i in searchable], [pairs[i][1] for i in searchable])
+            found = self._detect_scaled([pairs[i][0] for i in searchable], [pairs[i][1] for i in searchable],
+                                        min_face)
             for i, detections in zip(searchable, found):
                 results[i] = detections
         return results
@@ -127,19 +138,13 @@ class FaceDetector:
                                                 landmarks=landmarks.astype(np.float32)))
         return [_merge_overlaps(found) for found in results]
 
-    def _detect_scaled(self, scaled: list[np.ndarray], scales: list[float]) -> list[list[Detection]]:
+    def _detect_scaled(self, scaled: list[np.ndarray], scales: list[float], min_face: int) -> list[list[Detection]]:
         same_size = len({im.shape for im in scaled}) == 1
-        if same_size and len(scaled) > 1:
-            batch = np.stack(scaled)
-            boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
-        else:
-            boxes, probs, points = [], [], []
-            for im in scaled:
-                b, p, l = self._mtcnn.detect(im, landmarks=True)
-                boxes.append(b)
-                probs.append(p)
-                points.append(l)
-        return [self._convert(b, p, l, s) for b, p, l, s in zip(boxes, probs, points, scales)]
+        groups = [scaled] if same_size else [[im] for im in scaled]
+        found = [r for group in groups for r in detect_faces(
+            group, min_face, self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet, self.thresholds,
+            self.device)]
+        return [self._convert(boxes, points, scale) for (boxes, points), scale in zip(found, scales)]
 
     def _downscale(self, image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -152,18 +157,9 @@ class FaceDetector:
         small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         return small, scale
 
-    def _convert(self, boxes, probs, points, scale: float) -> list[Detection]:
-        # With numpy 2, facenet-pytorch 2.5.3 returns object arrays (and None for no face): make them float.
-        if boxes is None or points is None or len(boxes) == 0 or boxes[0] is None:
-            return []
-        boxes = np.asarray(np.stack([np.asarray(b, dtype=np.float32) for b in boxes]), dtype=np.float32)
-        points = np.asarray(np.stack([np.asarray(p, dtype=np.float32) for p in points]), dtype=np.float32)
-        probs = np.asarray([float(p) for p in probs], dtype=np.float32)
-        out = []
-        for box, prob, pts in zip(boxes, probs, points):
-            if prob < self.min_score:
-                continue
-            out.append(Detection(box=box / scale, score=float(prob), landmarks=pts / scale))
+    def _convert(self, boxes: np.ndarray, points: np.ndarray, scale: float) -> list[Detection]:
+        out = [Detection(box=box[:4] / scale, score=float(box[4]), landmarks=pts / scale)
+               for box, pts in zip(boxes, points) if box[4] >= self.min_score]
         out.sort(key=lambda d: -d.score)
         return out
 

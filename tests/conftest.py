@@ -10,6 +10,15 @@ from app import create_app
 from helpers import TestConfig
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_models():
+    """The onnxruntime backend (the CPU default) exports the models once per set of weights into
+    ONNX_DIR; do it first, so a server the browser tests start finds them made."""
+    from models.onnx_backend import exported_models
+
+    exported_models(TestConfig.ONNX_DIR, TestConfig.EMOTION_WEIGHTS, TestConfig.AGE_GENDER_WEIGHTS)
+
+
 @pytest.fixture(scope="session")
 def service():
     from app.inference.service import InferenceService

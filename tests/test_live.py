@@ -156,7 +156,9 @@ def test_faces_are_searched_every_few_frames_and_followed_in_between(app, live, 
     for ack in acks:
         (face,) = ack["faces"]
         assert face["track_id"] == 1 and box_iou(face["box"], ASTRONAUT_FACE) > 0.6
-    assert box_iou(acks[1]["faces"][0]["box"], acks[0]["faces"][0]["box"]) > 0.9
+    # Followed (O-net on the full frame) vs searched (all of MTCNN on the 320-pixel copy): the same face,
+    # within the few pixels by which the resampling of a 320-pixel search moves a box.
+    assert box_iou(acks[1]["faces"][0]["box"], acks[0]["faces"][0]["box"]) > 0.85
     ack = send(live, {"seq": 7, "image": encode(grace_hopper, quality=90)})  # another camera, another size
     assert len(ack["faces"]) == 1 and (session.detector.frames_seen, session.detector.searches) == (1, 1)
 

@@ -30,6 +30,9 @@ def analyze_images():
     detect = parse_bool(request.args.get("detect"), True)
     if detect is None:
         return bad_request("query parameter 'detect' must be true or false")
+    explain = parse_bool(request.args.get("explain"), False)
+    if explain is None:
+        return bad_request("query parameter 'explain' must be true or false")
     files = request.files.getlist("image")  # may raise 413, handled as JSON
     if not files:
         return bad_request("send the picture as multipart/form-data in a field named 'image'", "missing_image")
@@ -60,6 +63,12 @@ def analyze_images():
         except (QueueFullError, BudgetExceeded):
             return error_response(503, "the server is busy; try again in a moment", "busy", {"Retry-After": "1"})
         analysis.timings_ms = {"decode": decode_ms, **analysis.timings_ms}
+        if explain:
+            t_explain = time.perf_counter()
+            for face in analysis.faces:
+                face.explanation = service.explain(decoded.pixels, face)
+            analysis.timings_ms["explain"] = (time.perf_counter() - t_explain) * 1000
+            analysis.timings_ms["total"] += analysis.timings_ms["explain"]
         analysis.timings_ms["total"] += decode_ms
         results.append({"filename": name, **analysis.to_dict()})
     return {

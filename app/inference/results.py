@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from app.inference.quality import FaceQuality
 
+from app.inference.explain import Explanation
+
 AGE_GROUPS: tuple[tuple[str, int, int], ...] = (
     ("child", 0, 12),
     ("teen", 13, 19),
@@ -87,6 +89,7 @@ class Face:
     gender: Gender
     track_id: int | None = None
     quality: "FaceQuality | None" = None  # how much this sighting counts in a track's age and gender
+    explanation: Explanation | None = None  # ?explain=true: what drove the emotion label
 
     def to_dict(self) -> dict:
         d = {
@@ -101,6 +104,8 @@ class Face:
             d["quality"] = self.quality.to_dict()
         if self.track_id is not None:
             d["track_id"] = self.track_id
+        if self.explanation is not None:
+            d["explanation"] = self.explanation.to_dict()
         return d
 
 

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from app.inference.batching import MicroBatcher
+from app.inference.explain import (Explanation, crop_matrix, heat_from_drops, heat_on_box, occlusion_batch,
+                                   render_png)
 from app.inference.quality import assess
 from app.inference.results import Age, Analysis, Emotion, Face, FacePrediction, Gender, age_group
 from models.age_gender import decode_age_gender
@@ -36,6 +38,12 @@ log = logging.getLogger(__name__)
 # get 1.8x the frames/s they got when detection took one picture at a time (bench/live_clients.py).
 DETECT_BATCH_SIZE = 8
 
+BACKENDS = ("torch", "onnxruntime")
+# How long a face waits for companions when FACEAPP_MAX_WAIT_MS is unset. Heads' CPU time per face at
+# batch 32 vs alone (bench/detector_cost.py, 2 cores): torch 2.7 vs 12.2 ms, onnxruntime 2.4 vs 3.2 ms;
+# so with onnxruntime a lone photo face does not wait (faces queued while a batch runs still leave together).
+DEFAULT_MAX_WAIT_MS = {"torch": 5.0, "onnxruntime": 0.0}
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> the first CUDA GPU when there is one, else the CPU."""
@@ -48,6 +56,13 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {name!r}: use auto, cpu or cuda[:N]")
     return device
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """'auto' -> onnxruntime on the CPU (the faster there: bench/backends.py), torch on a GPU (fp16)."""
+    if name == "auto":
+        return "onnxruntime" if device.type == "cpu" else "torch"
+    return name
 
 
 def reading_order(detections: list[Detection]) -> list[Detection]:
@@ -81,6 +96,7 @@ class _DetectRequest:
 
     image: np.ndarray
     max_side: int | None = None
+    min_face: int | None = None
     around: np.ndarray | None = None  # (N, 4) boxes
 
 
@@ -99,11 +115,14 @@ class ServiceSettings:
     device: str = "auto"
     torch_threads: int = 0
     max_batch_size: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = -1.0  # < 0: the backend's default (DEFAULT_MAX_WAIT_MS)
     max_queue: int = 1024
     detector_max_side: int = 1280
     detector_min_face: int = 20
+    photo_min_face: int = 24
     detector_min_score: float = 0.9
+    backend: str = "auto"  # auto | torch | onnxruntime
+    onnx_dir: str = "instance/onnx"
 
     @classmethod
     def from_config(cls, config) -> "ServiceSettings":
@@ -118,7 +137,10 @@ class ServiceSettings:
             max_queue=int(get("MAX_QUEUE")),
             detector_max_side=int(get("DETECTOR_MAX_SIDE")),
             detector_min_face=int(get("DETECTOR_MIN_FACE")),
+            photo_min_face=int(get("PHOTO_MIN_FACE")),
             detector_min_score=float(get("DETECTOR_MIN_SCORE")),
+            backend=str(get("INFERENCE_BACKEND")),
+            onnx_dir=str(get("ONNX_DIR")),
         )
 
 
@@ -132,21 +154,32 @@ class InferenceService:
 
     def __init__(self, settings: ServiceSettings):
         self.settings = settings
+        if settings.backend not in BACKENDS + ("auto",):
+            raise ValueError(f"INFERENCE_BACKEND must be auto, {' or '.join(BACKENDS)}, not {settings.backend!r}")
         self.device = resolve_device(settings.device)
-        self.half = self.device.type == "cuda"
+        self.backend = resolve_backend(settings.backend, self.device)
+        self.half = self.device.type == "cuda" and self.backend == "torch"
+        self.max_wait_ms = settings.max_wait_ms if settings.max_wait_ms >= 0 else DEFAULT_MAX_WAIT_MS[self.backend]
+        # CPU threads: the networks' runtime gets the cores. With onnxruntime, torch does only small glue
+        # (tensor stacking, NMS) and one thread: its idle OpenMP workers otherwise spin on the cores
+        # ONNX Runtime is using (bench/detector_cost.py: a 640x480 detection, 84 -> 62 ms of CPU).
+        self.compute_threads = settings.torch_threads or os.cpu_count() or 1
+        self.torch_threads = 1 if self.backend == "onnxruntime" else self.compute_threads
         if self.device.type == "cpu":
-            torch.set_num_threads(settings.torch_threads or os.cpu_count() or 1)
+            torch.set_num_threads(self.torch_threads)
         self.emotion = self._load(settings.emotion_weights, "emotion")
         self.age_gender = self._load(settings.age_gender_weights, "age_gender")
         self.detector = FaceDetector(device=self.device, min_face_size=settings.detector_min_face,
                                      max_side=settings.detector_max_side, min_score=settings.detector_min_score)
+        if self.backend == "onnxruntime":
+            self._use_onnxruntime()
         # No waiting for companions (max_wait_ms=0): a lone picture is detected at once; under load,
         # pictures queue while a batch runs and leave together in the next one.
         self._detector: MicroBatcher[_DetectRequest, list[Detection]] = MicroBatcher(
             self._detect_batch, max_batch_size=DETECT_BATCH_SIZE, max_wait_ms=0, max_queue=settings.max_queue,
             name="detector")
         self._batcher: MicroBatcher[_FaceJob, FacePrediction] = MicroBatcher(
-            self._predict_batch, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
+            self._predict_batch, max_batch_size=settings.max_batch_size, max_wait_ms=self.max_wait_ms,
             max_queue=settings.max_queue, name="face-heads")
         self.ready = False
         self._warm_up()
@@ -159,6 +192,8 @@ class InferenceService:
     # -- loading --------------------------------------------------------------------------------
     def _load(self, path: str, task: str) -> LoadedModel:
         loaded = load_checkpoint(path, task=task)
+        if self.backend == "onnxruntime":
+            return loaded  # its network is replaced by the ONNX export (_use_onnxruntime)
         # BatchNorm folded into the convolutions: same outputs, fewer passes over the activations.
         model = fuse_conv_bn(loaded.model).to(self.device)
         # channels_last: ~1.6x faster convolutions on this CPU (bench/), and the fast layout on GPUs.
@@ -168,6 +203,22 @@ class InferenceService:
         loaded.model = model
         log.info("loaded %s model %s (%s) on %s", task, path, loaded.card.arch, self.device)
         return loaded
+
+    def _use_onnxruntime(self) -> None:
+        """Swap every network for its ONNX export run by ONNX Runtime; the checkpoints still supply the
+        cards (preprocessing, labels)."""
+        from models.onnx_backend import OrtModule, exported_models, make_session
+
+        paths = exported_models(self.settings.onnx_dir, self.settings.emotion_weights,
+                                self.settings.age_gender_weights)
+        threads = self.compute_threads if self.device.type == "cpu" else 0
+        session = lambda name: make_session(paths[name], self.device, threads)  # noqa: E731
+        self.emotion.model = OrtModule(session("emotion"), outputs=["logits"])
+        self.age_gender.model = OrtModule(session("age_gender"), outputs=["outputs"])
+        self.detector.use_networks(OrtModule(session("mtcnn_pnet")), OrtModule(session("mtcnn_rnet")),
+                                   OrtModule(session("mtcnn_onet")))
+        log.info("onnxruntime backend: %s (%s)", paths["emotion"].parent,
+                 self.emotion.model.session.get_providers()[0])
 
     def _warm_up(self) -> None:
         """First calls allocate and pick kernels; pay that before the server reports ready."""
@@ -180,9 +231,13 @@ class InferenceService:
     # -- public API -----------------------------------------------------------------------------
     @property
     def device_description(self) -> str:
+        if self.backend == "onnxruntime":
+            provider = self.emotion.model.session.get_providers()[0]
+            threads = f", {self.compute_threads} threads" if provider == "CPUExecutionProvider" else ""
+            return f"{self.device} (onnxruntime {provider}{threads}, fp32)"
         if self.device.type == "cuda":
             return f"{self.device} ({torch.cuda.get_device_name(self.device)}, fp16)"
-        return f"cpu ({torch.get_num_threads()} threads, fp32)"
+        return f"cpu ({self.compute_threads} threads, fp32)"
 
     def describe_models(self) -> dict:
         """What the API reports under "models"."""
@@ -190,12 +245,14 @@ class InferenceService:
             "emotion": self.emotion.card.summary(),
             "age_gender": self.age_gender.card.summary(),
             "detector": {"arch": "mtcnn", "package": "facenet-pytorch", "max_side": self.detector.max_side,
+                         "min_face": self.detector.min_face_size, "photo_min_face": self.settings.photo_min_face,
                          "min_score": self.detector.min_score},
         }
 
-    def detect(self, image: np.ndarray, max_side: int | None = None) -> list[Detection]:
-        """Faces in one picture, best first; ``max_side`` overrides the detector's downscaling limit."""
-        return self._detector.submit(_DetectRequest(image, max_side)).result()
+    def detect(self, image: np.ndarray, max_side: int | None = None, min_face: int | None = None) -> list[Detection]:
+        """Faces in one picture, best first; ``max_side`` overrides the detector's downscaling limit,
+        ``min_face`` its smallest face (pixels of the picture searched)."""
+        return self._detector.submit(_DetectRequest(image, max_side, min_face)).result()
 
     def detect_many(self, images: list[np.ndarray], max_side: int | None = None) -> list[list[Detection]]:
         requests = [_DetectRequest(image, max_side) for image in images]
@@ -221,7 +278,7 @@ class InferenceService:
         h, w = image.shape[:2]
         timings: dict[str, float] = {}
         if detect:
-            detections = reading_order(self.detect(image))
+            detections = reading_order(self.detect(image, min_face=self.settings.photo_min_face))
         else:
             detections = []
         t1 = time.perf_counter()
@@ -260,6 +317,24 @@ class InferenceService:
         answers = iter(zip([f.result() for f in self._batcher.submit_many(jobs)], jobs))
         return [[_face(d, *next(answers)) for d in found] for found in detections]
 
+    def explain(self, image: np.ndarray, face: Face) -> Explanation:
+        """Occlusion sensitivity of ``face``'s emotion label (app/inference/explain.py), mapped onto its box.
+        Runs the emotion model directly (one batch per face), not through the micro-batcher: an
+        explanation is an on-demand extra, not the traffic the batcher shapes."""
+        cfg = self.emotion.card.preprocess
+        landmarks = np.asarray(face.landmarks, np.float32) if face.landmarks else None
+        crop = (align_face(image, landmarks, cfg) if landmarks is not None else resize_face(image, cfg))
+        batch, patches = occlusion_batch(crop)
+        with torch.inference_mode():
+            probs = decode_emotion(self._run_head(self.emotion, list(batch))).cpu().numpy()
+        label = int(probs[0].argmax())
+        drops = probs[0, label] - probs[1:, label]
+        heat = heat_on_box(heat_from_drops(crop.shape[0], patches, drops), crop_matrix(image.shape, landmarks, cfg),
+                           face.box)
+        return Explanation(method="occlusion", label=self.emotion.card.labels["emotion"][label], box=face.box,
+                           width=heat.shape[1], height=heat.shape[0], peak_drop=float(max(drops.max(), 0.0)),
+                           png=render_png(heat))
+
     def close(self) -> None:
         self._detector.close()
         self._batcher.close()
@@ -270,19 +345,20 @@ class InferenceService:
 
     # -- internals ------------------------------------------------------------------------------
     def _detect_batch(self, requests: list[_DetectRequest]) -> list[list[Detection]]:
-        """One MTCNN call per downscaling limit asked for (the live mode asks for a smaller one), and
-        one O-net call for every refinement in the batch."""
+        """One MTCNN call per downscaling limit and smallest face asked for (live frames and photos ask
+        for their own), and one O-net call for every refinement in the batch."""
         results: list[list[Detection]] = [[] for _ in requests]
-        groups: dict[tuple[str, int | None], list[int]] = {}
+        groups: dict[tuple[str, int | None, int | None], list[int]] = {}
         for i, request in enumerate(requests):
-            key = ("follow", None) if request.around is not None else ("search", request.max_side)
+            key = (("follow", None, None) if request.around is not None
+                   else ("search", request.max_side, request.min_face))
             groups.setdefault(key, []).append(i)
-        for (kind, max_side), indices in groups.items():
+        for (kind, max_side, min_face), indices in groups.items():
             images = [requests[i].image for i in indices]
             if kind == "follow":
                 found = self.detector.refine_many(images, [requests[i].around for i in indices])
             else:
-                found = self.detector.detect_many(images, max_side)
+                found = self.detector.detect_many(images, max_side, min_face)
             for i, detections in zip(indices, found):
                 results[i] = detections
         return results
@@ -296,8 +372,10 @@ class InferenceService:
                         age_gender_crop=resize_face(image, self.age_gender.card.preprocess))
 
     def _run_head(self, head: LoadedModel, crops: list[np.ndarray]) -> torch.Tensor:
-        x = to_tensor(crops, head.card.preprocess).to(self.device, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = to_tensor(crops, head.card.preprocess)
+        if self.backend == "onnxruntime":
+            return head.model(x)
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         if self.half:
             x = x.half()
         return head.model(x)

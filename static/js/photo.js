@@ -151,6 +151,7 @@ function releaseShown() {
 }
 
 function clearResults() {
+  document.dispatchEvent(new CustomEvent('photo:cleared'));
   releaseShown();
   ui.results.hidden = true;
   ui.overlay.replaceChildren();
@@ -234,6 +235,7 @@ async function showResults(file, payload, roundTripMs, signal) {
   ui.results.hidden = false; // before drawing: the overlay is sized from the picture on screen
   previewWidth = null;
   drawOverlay();
+  document.dispatchEvent(new CustomEvent('photo:results', { detail: { file, frame } })); // photo-explain.js
 }
 
 /* ---------- The whole flow ---------- */
