@@ -149,6 +149,8 @@ def spread_calibration(outputs: torch.Tensor, ages: np.ndarray, groups: int = 5)
     rows = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         m = (spread >= lo) & (spread <= hi)
+        if not m.any():
+            continue
         rows.append({"predicted_log_spread": [round(float(lo), 3), round(float(hi), 3)], "n": int(m.sum()),
                      "rms_log_error": round(float(np.sqrt((err[m] ** 2).mean())), 3),
                      "mean_predicted_age": round(float(mean[m].mean()), 1)})

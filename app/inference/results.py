@@ -121,8 +121,13 @@ class Analysis:
         decoded reduced): boxes and landmarks scaled, the picture's own size reported."""
         if (sx, sy) == (1.0, 1.0):
             return replace(self, width=width, height=height)
-        faces = [replace(f, box=(f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy),
-                         landmarks=[(x * sx, y * sy) for x, y in f.landmarks]) for f in self.faces]
+        def scaled(box):
+            return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+
+        faces = [replace(f, box=scaled(f.box), landmarks=[(x * sx, y * sy) for x, y in f.landmarks],
+                         explanation=None if f.explanation is None else replace(f.explanation,
+                                                                                box=scaled(f.explanation.box)))
+                 for f in self.faces]
         return replace(self, width=width, height=height, faces=faces)
 
     def to_dict(self) -> dict:
