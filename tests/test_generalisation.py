@@ -261,3 +261,13 @@ def test_age_gender_evaluation_has_an_adults_line_and_a_grey_row(utk_dir, tmp_pa
     assert res["served"] == {"found": 0, "of": res["n"]}  # noise pictures: MTCNN finds no face, nothing to score
     calibration = res["plain"]["spread_calibration"]
     assert sum(c["n"] for c in calibration) >= res["n"] and all(c["rms_log_error"] >= 0 for c in calibration)
+
+
+def test_the_models_endpoint_reports_the_shipped_models_recorded_evaluation(client):
+    """`training.evaluate --record` put the test-split figures into the shipped checkpoints; the API says them."""
+    models = client.get("/api/v1/models").get_json()["models"]
+    emotion = models["emotion"]["metrics"]["evaluation"]["PrivateTest"]
+    assert {"accuracy", "balanced_accuracy", "macro_f1", "recall", "ferplus_majority"} <= set(emotion["plain"])
+    assert {"clean", "JPEG quality 30", "4x down-up"} <= set(emotion["robustness"]) and "served" in emotion
+    age_gender = models["age_gender"]["metrics"]["evaluation"]["test"]
+    assert {"mae", "gender_accuracy", "adults"} <= set(age_gender["plain"]) and "grey" in age_gender["robustness"]
