@@ -91,10 +91,10 @@ def smooth_emotion(previous: Emotion, new: Emotion, alpha: float) -> Emotion:
 # more independent look. Without it the uncertainty would shrink to nothing within a second of video.
 FRAME_INDEPENDENCE = 0.1
 # A frame never claims its age to better than 15% (log space). The age head's predicted spread is
-# overconfident where it is smallest: on UTKFace val, predictions with log-spread 0.06-0.15 (mostly
-# older faces) were off by 0.17 RMS in log space, those with 0.15-0.27 by 0.19-0.24 (the spread table
-# of `python -m training.evaluate age_gender ... --split val`). Without a floor, the frames that
-# claim to be surest of an old age outvote the rest of a track.
+# overconfident where it is smallest: on the UTKFace test split, the shipped model's predictions with
+# log-spread 0.065-0.155 (mostly older faces) were off by 0.157 RMS in log space, those with 0.155-0.299
+# by 0.17-0.24 (the spread-calibration line of `python -m training.evaluate age_gender ...`; the model
+# card quotes it). Without a floor, the frames that claim to be surest of an old age outvote the rest.
 MIN_LOG_SPREAD = 0.15
 _P_CLAMP = 1e-4
 

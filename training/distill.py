@@ -39,6 +39,7 @@ import torch
 from models.age_gender import split_age_gender
 from models.checkpoint import load_checkpoint
 from training.engine import fit_to, predict, resolve_device
+from training.metrics import rounded
 from training.tasks import TASKS, TaskData, gaussian_age_targets, labels_for, load_task_data, split_metrics
 
 log = logging.getLogger("training.distill")
@@ -146,19 +147,19 @@ def run_teachers(data: TaskData, paths: list[str], device: torch.device, externa
         probs_list.append(ensemble_probs(data.task, [out]))
         teachers.append({"checkpoint": str(path), "arch": card.arch, "metrics": card.metrics})
         log.info("teacher %s (%s): %s", path, card.arch,
-                 {s: _short(split_metrics(data, out[data.splits[s]], s)) for s in _scored(data)})
+                 {s: rounded(split_metrics(data, out[data.splits[s]], s), 5) for s in _scored(data)})
     for path in external:
         probs, meta = external_probs(data, path)
         probs_list.append(probs)
         as_out = probs_as_outputs(data.task, probs)
-        metrics = {s: _short(split_metrics(data, as_out[data.splits[s]], s)) for s in _scored(data)}
+        metrics = {s: rounded(split_metrics(data, as_out[data.splits[s]], s), 5) for s in _scored(data)}
         teachers.append({"external": str(path), **meta, "own_metrics": metrics})
         log.info("outside teacher %s (%s): %s", path, meta.get("teacher", "?"), metrics)
     for t, w in zip(teachers, weights):
         t["weight"] = w
     probs = sum(w * p for w, p in zip(weights, probs_list)) / sum(weights)
     as_out = probs_as_outputs(data.task, probs)
-    metrics = {s: _short(split_metrics(data, as_out[data.splits[s]], s)) for s in _scored(data)}
+    metrics = {s: rounded(split_metrics(data, as_out[data.splits[s]], s), 5) for s in _scored(data)}
     log.info("ensemble of %d: %s", n, metrics)
     return TeacherOutputs(data.task, probs.numpy().astype(np.float32), teachers, data_identity(data), metrics)
 
@@ -168,10 +169,7 @@ def _scored(data: TaskData) -> list[str]:
     return [s for s, rows in data.splits.items() if len(rows)]
 
 
-def _short(m: dict) -> dict:
-    return {k: _short(v) if isinstance(v, dict) else (v if isinstance(v, list) else
-                                                      (round(float(v), 5) if k != "n" else int(v)))
-            for k, v in m.items()}
+
 
 
 def save_teacher_outputs(t: TeacherOutputs, path: str | Path) -> Path:

@@ -30,7 +30,7 @@ from models.emotion import EMOTION_CLASSES
 from training import metrics as M
 from training.engine import fit_to, predict, resolve_device
 from training.tasks import TASKS, load_task_data, split_metrics
-from training.train import plain, rounded
+from training.train import plain
 
 log = logging.getLogger("training.evaluate")
 
@@ -191,7 +191,7 @@ def run_robustness(model, card, data, split: str, device, clean: dict) -> list[d
         if data.task == "age_gender":
             row["delta_mae"] = m["mae"] - clean["mae"]
         rows.append(row)
-        log.info("robustness %s: %s", name, rounded(m, 4))
+        log.info("robustness %s: %s", name, M.rounded(m, 4))
     return rows
 
 
@@ -203,19 +203,12 @@ def run_served(model, card, data, split: str, device) -> dict:
 
     from models.detector import FaceDetector
     from models.preprocess import align_face
-    from training.template import PAD, padded, to_detector_rgb
+    from training.template import faces_in_border
 
-    detector = FaceDetector(device="cpu")
-    rows, crops = [], []
     split_rows = data.splits[split]
-    for start in range(0, len(split_rows), 32):
-        chunk = split_rows[start:start + 32]
-        images = [padded(to_detector_rgb(data.load_for_template(int(i)), data.template_upscale), PAD)[0]
-                  for i in chunk]
-        for i, image, dets in zip(chunk, images, detector.detect_many(images)):
-            if dets:
-                rows.append(int(i))
-                crops.append(align_face(image, dets[0].landmarks, card.preprocess))
+    faces = list(faces_in_border(data.load_for_template, split_rows, FaceDetector(device="cpu"), data.template_upscale))
+    rows = [f.row for f in faces]
+    crops = [align_face(f.image, f.detection.landmarks, card.preprocess) for f in faces]
     if not rows:
         return {"found": 0, "of": int(len(split_rows))}
     found = replace(data, splits={**data.splits, split: np.asarray(rows, dtype=np.int64)})
@@ -244,7 +237,7 @@ def evaluation_summary(results: dict) -> dict:
                              for r in results["robustness"]}
     if "served" in results:
         out["served"] = {k: v for k, v in results["served"].items() if k != "adults"}
-    return plain(rounded(out, 4))
+    return plain(M.rounded(out, 4))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -285,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["robustness"] = run_robustness(model, card, data, a.split, device, results["plain"])
     if a.served:
         results["served"] = run_served(model, card, data, a.split, device)
-        log.info("served path: %s", rounded(results["served"], 4))
+        log.info("served path: %s", M.rounded(results["served"], 4))
 
     if a.task == "emotion":
         for name, _ in variants:

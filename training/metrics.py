@@ -122,3 +122,9 @@ def grouped(metric: Callable[[np.ndarray, np.ndarray], float], y_true: Sequence,
         n = int(mask.sum())
         out[g] = {"value": metric(y_true[mask], y_pred[mask]) if n else float("nan"), "n": n}
     return out
+
+
+def rounded(metrics: dict, digits: int) -> dict:
+    """Metrics for logs and records: floats rounded, nested groups (e.g. "adults") rounded inside."""
+    return {k: rounded(v, digits) if isinstance(v, dict) else (round(v, digits) if isinstance(v, float) else v)
+            for k, v in metrics.items()}

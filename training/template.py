@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -80,6 +80,35 @@ def padded(image: np.ndarray, pad: float) -> tuple[np.ndarray, int, int]:
     return cv2.copyMakeBorder(image, py, py, px, px, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3), py, px
 
 
+@dataclass(frozen=True)
+class BorderedFace:
+    """One data-set image set in a grey border, and the best face MTCNN found in it."""
+
+    row: int
+    image: np.ndarray  # the bordered picture the detector saw
+    top: int  # border widths: the original image starts at (left, top)
+    left: int
+    height: int  # the original (upscaled) image's size
+    width: int
+    detection: object  # models.detector.Detection, in the bordered picture's pixels
+
+
+def faces_in_border(load_image: Callable[[int], np.ndarray], rows: Sequence[int], detector, upscale: int = 1,
+                    pad: float = PAD, batch_size: int = 32) -> Iterator[BorderedFace]:
+    """Each row's image (upscaled, in a grey border of ``pad``) through MTCNN in batches; rows where no face
+    is found are skipped. Used to measure the template and to frame faces as the app does
+    (``training.evaluate --served``)."""
+    rows = np.asarray(rows)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        images = [to_detector_rgb(load_image(int(i)), upscale) for i in chunk]
+        framed = [padded(img, pad) for img in images]
+        for i, img, (bordered, top, left), dets in zip(chunk, images, framed,
+                                                       detector.detect_many([f[0] for f in framed])):
+            if dets:
+                yield BorderedFace(int(i), bordered, top, left, img.shape[0], img.shape[1], dets[0])
+
+
 def measure_template(load_image: Callable[[int], np.ndarray], candidates: Sequence[int], n_samples: int = 600,
                      seed: int = 0, upscale: int = 1, detector=None, min_detections: int = MIN_DETECTIONS,
                      batch_size: int = 32, pad: float = PAD) -> TemplateResult:
@@ -101,16 +130,10 @@ def measure_template(load_image: Callable[[int], np.ndarray], candidates: Sequen
         from models.detector import FaceDetector
 
         detector = FaceDetector(device="cpu")
-    points: list[np.ndarray] = []
-    for start in range(0, n, batch_size):
-        images = [to_detector_rgb(load_image(int(i)), upscale) for i in sample[start:start + batch_size]]
-        framed = [padded(img, pad) for img in images]
-        for img, (_, py, px), dets in zip(images, framed, detector.detect_many([f[0] for f in framed])):
-            if dets:
-                h, w = img.shape[:2]
-                # best face only, back in the unpadded crop's [0, 1] coordinates
-                points.append((dets[0].landmarks - np.array([px, py], dtype=np.float32))
-                              / np.array([w, h], dtype=np.float32))
+    # best face only, back in the unpadded crop's [0, 1] coordinates
+    points = [(f.detection.landmarks - np.array([f.left, f.top], dtype=np.float32))
+              / np.array([f.width, f.height], dtype=np.float32)
+              for f in faces_in_border(load_image, sample, detector, upscale, pad, batch_size)]
     if len(points) < min_detections:
         warnings.warn(f"template: only {len(points)} of {n} sampled training images had a detected face "
                       f"(need {min_detections}); using models.preprocess.DEFAULT_TEMPLATE", stacklevel=2)

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from models.checkpoint import ModelCard, atomic_torch_save, save_checkpoint
 from models.registry import create_model
 from training.augment import AugmentConfig, DegradeConfig, degrade_batch
+from training.metrics import rounded
 from training.engine import (autocast_for, cpu_name, fit_to, make_batch, memory_format_for, predict, resolve_device,
                              seed_everything)
 from training.tasks import (ARCHS, SELECTION_RULES, TASKS, TaskData, labels_for, load_task_data, loss_fn, recipe_for,
@@ -149,12 +150,6 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
     # The last partial batch is dropped when it would hold a single sample: BatchNorm cannot train on it.
     full, rest = divmod(n, batch_size)
     return full + (1 if rest >= 2 else 0)
-
-
-def rounded(metrics: dict, digits: int) -> dict:
-    """Metrics for the log: numbers rounded, nested groups (e.g. "adults") rounded inside."""
-    return {k: rounded(v, digits) if isinstance(v, dict) else (round(v, digits) if isinstance(v, float) else v)
-            for k, v in metrics.items()}
 
 
 def plain(obj):

@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from app.inference.quality import FaceQuality
 
 from app.inference.explain import Explanation
+from app.inference.quality import FaceQuality
 
 AGE_GROUPS: tuple[tuple[str, int, int], ...] = (
     ("child", 0, 12),
@@ -88,7 +85,7 @@ class Face:
     age: Age
     gender: Gender
     track_id: int | None = None
-    quality: "FaceQuality | None" = None  # how much this sighting counts in a track's age and gender
+    quality: FaceQuality | None = None  # how much this sighting counts in a track's age and gender
     explanation: Explanation | None = None  # ?explain=true: what drove the emotion label
 
     def to_dict(self) -> dict:

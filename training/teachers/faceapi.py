@@ -37,8 +37,8 @@ SCRIPT = Path(__file__).with_name("faceapi_teacher.cjs")
 DEFAULT_NODE_MODULES = Path(__file__).resolve().parents[2] / ".cache" / "faceapi" / "node_modules"
 # face-api's expression order (faceapi_teacher.cjs) -> FER2013's
 _FACEAPI_EXPRESSIONS = ("neutral", "happy", "sad", "angry", "fearful", "disgusted", "surprised")
-_TO_FER = {"angry": "angry", "disgusted": "disgust", "fearful": "fear", "happy": "happy", "sad": "sad",
-           "surprised": "surprise", "neutral": "neutral"}
+_FACEAPI_NAME = {"angry": "angry", "disgust": "disgusted", "fear": "fearful", "happy": "happy", "sad": "sad",
+                 "surprise": "surprised", "neutral": "neutral"}  # FER2013 class -> face-api's name
 UTK_CENTRE = 150  # px of a 200 px UTKFace crop given as the face box
 
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     keys, crops = fer_crops(a.data) if a.task == "emotion" else utk_crops(a.data)
     log.info("%d faces from %s", len(keys), a.data)
     out = run_faceapi(crops, a.node_modules, mode=a.task)
-    order = [_FACEAPI_EXPRESSIONS.index(next(k for k, v in _TO_FER.items() if v == c)) for c in EMOTION_CLASSES]
+    order = [_FACEAPI_EXPRESSIONS.index(_FACEAPI_NAME[c]) for c in EMOTION_CLASSES]
     meta = {"teacher": PACKAGE, "licence": "MIT", "task": a.task, "data": Path(a.data).name, "faces": len(keys)}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(a.out, keys=np.asarray(keys), emotion=out[:, order].astype(np.float32), age=out[:, 7],
