@@ -44,7 +44,7 @@ def track_series(per_frame: list[list[dict]]) -> dict:
     if not counts:
         return {"frames": 0}
     main = counts.most_common(1)[0][0]
-    shown, raw, std, gender = [], [], [], []
+    shown, raw, std, gender, by_emotion = [], [], [], [], {}
     for faces in per_frame:
         for f in faces:
             if f["track_id"] == main:
@@ -53,7 +53,13 @@ def track_series(per_frame: list[list[dict]]) -> dict:
                 gender.append(f["gender"]["label"])
                 if "raw" in f:  # frames.jsonl keeps each frame's own values; live answers do not
                     raw.append(f["raw"]["age"]["years"])
-    return summarise(main, shown, raw, std, gender, len(counts))
+                    by_emotion.setdefault(f["raw"]["emotion"]["label"], []).append(f["raw"]["age"]["years"])
+    out = summarise(main, shown, raw, std, gender, len(counts))
+    # A person's age does not change when they smile: how far apart are the frames' own ages by the
+    # expression the emotion head saw in the same frame (training/expression_faces.py)?
+    out["raw_median_by_emotion"] = {k: {"frames": len(v), "median": round(float(np.median(v)), 1)}
+                                    for k, v in sorted(by_emotion.items()) if len(v) >= 10}
+    return out
 
 
 def summarise(track_id: int, shown: list[float], raw: list[float], std: list[float], gender: list[str],
@@ -180,6 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
                if r["raw_median"] is not None else "not in live answers")
         print(f"| {name} | {r['frames']} | {r['final_age']} ± {r['final_std']} ({r['final_gender']}) | "
               f"{r['displayed_range_last_80pct']} years | {raw} |")
+    if video.get("raw_median_by_emotion"):
+        print("video frames' own ages by the frame's expression: " + ", ".join(
+            f"{k} {v['median']} ({v['frames']} frames)" for k, v in video["raw_median_by_emotion"].items()))
     print(f"| photo (middle frame) | 1 | {photo['middle_frame_age']} | | ten frames: {photo['ten_frames_min']}–"
           f"{photo['ten_frames_max']} |")
     print(f"modes apart: {results['modes_apart_years']} years; met: {results['met']}")

@@ -485,3 +485,78 @@ def test_distill_emotion_end_to_end(fer_dir, tmp_path):
     assert record["ensemble_metrics"] == outputs.metrics
     with pytest.raises(ValueError, match="teacher"):  # a resumed run keeps its teacher
         train.main(base + ["--out", str(student), "--workdir", str(tmp_path / "run2"), "--epochs", "2", "--resume"])
+
+
+# -- expression faces (training.expression_faces) -----------------------------------------------------
+def write_fer_age_teacher(path, n_rows: int, ages) -> None:
+    meta = {"teacher": "test", "task": "age_gender", "source": "fer2013", "faces": n_rows}
+    np.savez_compressed(path, keys=np.asarray([f"row:{i}" for i in range(n_rows)]), age=np.asarray(ages, np.float32),
+                        p_female=np.full(n_rows, 0.5, np.float32), emotion=np.zeros((n_rows, 7), np.float32),
+                        meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+
+
+def test_teacher_age_targets_are_distributions_wider_for_older_faces():
+    from training.expression_faces import soft_age_targets
+
+    dist = soft_age_targets(np.asarray([10.0, 60.0], np.float32), MAX_AGE + 1)
+    assert np.allclose(dist.sum(1), 1.0) and dist.argmax(1).tolist() == [10, 60]
+    grid = np.arange(MAX_AGE + 1)
+    spread = np.sqrt((dist * (grid - np.asarray([[10.0], [60.0]])) ** 2).sum(1))
+    assert spread[1] > 2 * spread[0]  # 15% of 60 against the 2.5-year floor at 10
+
+
+def test_rows_without_a_gender_teach_age_only():
+    torch.manual_seed(0)
+    outputs = torch.randn(4, MAX_AGE + 2, requires_grad=True)
+    dist = gaussian_age_targets(torch.tensor([20.0, 30.0, 40.0, 50.0]), MAX_AGE + 1)
+    female = torch.tensor([1.0, 0.0, float("nan"), float("nan")])
+    targets = torch.cat([torch.tensor([[20.0], [30.0], [40.0], [50.0]]), female[:, None], female[:, None], dist], 1)
+    loss = age_gender_loss(outputs, targets)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(outputs.grad).all()
+    assert outputs.grad[2:, -1].abs().sum() == 0  # no gender gradient from the NaN rows
+    assert outputs.grad[:2, -1].abs().sum() > 0
+    # all rows without gender: the gender term vanishes, the age terms stay
+    none = targets.clone()
+    none[:, 1:3] = float("nan")
+    assert torch.isfinite(age_gender_loss(outputs, none))
+
+
+def test_expression_faces_join_the_training_rows_only(fer_dir, utk_dir, tmp_path):
+    first = tmp_path / "first.pt"
+    common = ["--data", str(utk_dir), "--cache-dir", str(tmp_path / "cache"), "--template-samples", "0", *FAST]
+    with pytest.warns(UserWarning):
+        train.main(["age_gender", "--out", str(first), "--workdir", str(tmp_path / "run1"), *common])
+    teacher = tmp_path / "fer_ages.npz"
+    write_fer_age_teacher(teacher, 42, np.linspace(5, 80, 42))
+    out = tmp_path / "second.pt"
+    with pytest.warns(UserWarning):
+        train.main(["age_gender", "--out", str(out), "--workdir", str(tmp_path / "run2"), "--init", str(first),
+                    "--expression-faces", str(teacher), "--fer", str(fer_dir), "--expression-count", "20", *common])
+    card = load_checkpoint(out, "age_gender").card
+    extra = card.training["data"]["expression_faces"]
+    assert extra["rows"] == 20 and extra["gender"] == "not taught"
+    assert card.training["train_rows"] == card.training["data"]["split_sizes"]["train"] + 20
+    # the metrics are still UTKFace's val and test rows
+    assert card.metrics["val"]["n"] == card.training["data"]["split_sizes"]["val"]
+
+    from training.expression_faces import expression_bias, load_teacher_ages
+
+    fer = load_fer2013(fer_dir, cache_dir=None)
+    loaded = load_checkpoint(out, "age_gender")
+    bias = expression_bias(loaded.model, loaded.card.preprocess, fer.images, fer.labels, fer.usage,
+                           load_teacher_ages(teacher), torch.device("cpu"))
+    assert bias["faces"] == 6 and set(bias["mean_log_diff"]) <= set(EMOTION_CLASSES)
+    assert bias["range"] >= 0
+
+
+def test_expression_faces_need_an_fer2013_age_teacher(tmp_path):
+    from training.expression_faces import load_teacher_ages
+
+    path = tmp_path / "utk.npz"
+    np.savez_compressed(path, keys=np.asarray(["a.jpg"]), age=np.zeros(1, np.float32),
+                        meta=np.frombuffer(json.dumps({"task": "age_gender", "data": "UTKFace"}).encode(), np.uint8))
+    with pytest.raises(ValueError, match="--faces fer2013"):
+        load_teacher_ages(path)
+    with pytest.raises(SystemExit):
+        train.parse_args(["age_gender", "--data", "x", "--out", "y", "--expression-faces", str(path)])

@@ -195,7 +195,10 @@ def age_gender_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     ldl = -(dist * logp).sum(1).mean()
     expected = (logp.exp() * torch.arange(age_logits.shape[1], device=outputs.device)).sum(1)
     l1 = (expected - ages).abs().mean()
-    bce = F.binary_cross_entropy_with_logits(gender_logit, female)
+    # Rows with no gender to learn (training.expression_faces) carry NaN there and teach age only.
+    known = ~torch.isnan(female)
+    bce = F.binary_cross_entropy_with_logits(gender_logit[known], female[known]) if known.any() else \
+        gender_logit.sum() * 0.0
     return ldl + AGE_L1_WEIGHT * l1 + GENDER_WEIGHT * bce
 
 

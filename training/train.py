@@ -77,6 +77,9 @@ class TrainConfig:
     teacher: str | None = None  # teacher outputs (python -m training.distill) mixed into the targets
     teacher_weight: float = 0.5  # their share of the targets, with --teacher
     degrade: float = 0.0  # probability of JPEG and of down-up degradation per crop (training.augment.DegradeConfig)
+    expression_faces: str | None = None  # age_gender: teacher ages of FER2013 faces (training.expression_faces)
+    expression_count: int = 8000  # how many of those faces join the training rows
+    fer: str | None = None  # FER2013 CSV or folder, with --expression-faces
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -117,7 +120,15 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--degrade", type=float, default=TrainConfig.degrade, metavar="P",
                    help="JPEG-compress, and separately shrink and enlarge back, each training crop with "
                         "probability P (serving-like degradation; default %(default)s)")
+    p.add_argument("--expression-faces", default=None, metavar="NPZ",
+                   help="age_gender, with --init and --fer: add FER2013 training faces of every expression, aged "
+                        "by an outside teacher (python -m training.teachers.faceapi age_gender --faces fer2013)")
+    p.add_argument("--expression-count", type=int, default=TrainConfig.expression_count, metavar="N",
+                   help="how many such faces (default %(default)s)")
+    p.add_argument("--fer", default=None, help="FER2013 CSV or its folder, for --expression-faces")
     a = p.parse_args(argv)
+    if a.expression_faces and not (a.task == "age_gender" and a.init and a.fer):
+        p.error("--expression-faces is for age_gender and needs --init (whose template frames the faces) and --fer")
     if not 0.0 <= a.degrade <= 1.0:
         p.error("--degrade must lie in [0, 1]")
     if not 0.0 <= a.ferplus <= 1.0:
@@ -277,6 +288,14 @@ def main(argv: list[str] | None = None) -> Path:
     rows = data.splits[train_split]
     if cfg.limit is not None:
         rows = rows[:cfg.limit]
+    if cfg.expression_faces:
+        from models.checkpoint import load_checkpoint
+        from training.expression_faces import with_expression_faces
+
+        framing = replace(recipe.preprocess, template=load_checkpoint(cfg.init, task=cfg.task).card.preprocess.template)
+        data, rows = with_expression_faces(data, rows, cfg.fer, cfg.expression_faces, cfg.expression_count, framing,
+                                           seed=cfg.seed, cache_dir=cfg.cache_dir)
+        log.info("added %d expression faces (%s)", data.description["expression_faces"]["rows"], cfg.expression_faces)
     if len(rows) < 2:
         raise ValueError(f"need at least 2 training rows, have {len(rows)}")
     log.info("%s: %d training rows, split sizes %s, device %s", cfg.task, len(rows),

@@ -7,6 +7,8 @@ Training time only. Install once, outside the project's ``node_modules`` (the pa
     python -m training.teachers.faceapi emotion --data ../shared/data/fer2013 --out .cache/teachers/faceapi_fer.npz
     python -m training.teachers.faceapi age_gender --data ../shared/data/utkface/UTKFace \
         --out .cache/teachers/faceapi_utk.npz
+    python -m training.teachers.faceapi age_gender --faces fer2013 --data ../shared/data/fer2013 \
+        --out .cache/teachers/faceapi_fer_age.npz      # ages of faces of every expression
 
 Both nets read 112 px RGB face boxes. FER2013's 48 px grey faces are enlarged (bicubic) and given as
 grey RGB; UTKFace's 200 px aligned crops are cut to their central 150 px, about where a face detector's
@@ -84,14 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("task", choices=("emotion", "age_gender"))
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--faces", choices=("fer2013", "utkface"), default=None,
+                   help="whose faces the net reads (default: FER2013 for emotion, UTKFace for age_gender); "
+                        "age_gender on FER2013 gives ages for faces of every expression")
     p.add_argument("--node-modules", type=Path, default=DEFAULT_NODE_MODULES)
     a = p.parse_args(argv)
+    faces = a.faces or ("fer2013" if a.task == "emotion" else "utkface")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    keys, crops = fer_crops(a.data) if a.task == "emotion" else utk_crops(a.data)
+    keys, crops = fer_crops(a.data) if faces == "fer2013" else utk_crops(a.data)
     log.info("%d faces from %s", len(keys), a.data)
     out = run_faceapi(crops, a.node_modules, mode=a.task)
     order = [_FACEAPI_EXPRESSIONS.index(_FACEAPI_NAME[c]) for c in EMOTION_CLASSES]
-    meta = {"teacher": PACKAGE, "licence": "MIT", "task": a.task, "data": Path(a.data).name, "faces": len(keys)}
+    meta = {"teacher": PACKAGE, "licence": "MIT", "task": a.task, "data": Path(a.data).name, "faces": len(keys),
+            "source": faces}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(a.out, keys=np.asarray(keys), emotion=out[:, order].astype(np.float32), age=out[:, 7],
                         p_female=out[:, 8], meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
