@@ -218,13 +218,13 @@ def init_app(app: Flask) -> Limiter:
     app.after_request(_retry_after_on_429)
     storage_uri = rate_limit_storage(app.config)
     shared = not storage_uri.startswith("memory://")
-    # Shared counters (Redis): while their store is away, each process counts in memory instead of
-    # failing requests, so photos and live frames go on through a Redis restart.
-    limiter = Limiter(rate_limit_key, app=app, storage_uri=storage_uri, headers_enabled=True,
-                      strategy="moving-window", in_memory_fallback_enabled=shared,
-                      key_prefix=f"{app.config['REDIS_KEY_PREFIX']}limits" if shared else "",
-                      storage_options={"socket_connect_timeout": 2, "socket_timeout": 5}
-                      if storage_uri.startswith(("redis://", "rediss://")) else {},
+    # On Redis: the counters under REDIS_KEY_PREFIX, quick to give up; and while Redis is away each process
+    # counts in memory instead of failing requests, so photos and live frames go on through its restart.
+    on_redis = storage_uri.startswith(("redis://", "rediss://"))
+    storage_options = ({"key_prefix": f"{app.config['REDIS_KEY_PREFIX']}limits", "socket_connect_timeout": 2,
+                        "socket_timeout": 5} if on_redis else {})
+    limiter = Limiter(rate_limit_key, app=app, storage_uri=storage_uri, storage_options=storage_options,
+                      headers_enabled=True, strategy="moving-window", in_memory_fallback_enabled=shared,
                       header_name_mapping={HeaderNames.RETRY_AFTER: RATE_LIMIT_RETRY_AFTER})
     limiter.limit(app.config["LOGIN_RATE_LIMIT"], methods=["POST"])(bp)
     return limiter
