@@ -75,8 +75,14 @@ def create_app(config_class: type = Config, service=None) -> Flask:
             "inference_device": service.device_description,
             "app_version": __version__,
             "max_upload_mb": app.config["MAX_UPLOAD_MB"],
+            "socket_transports": socket_transports(app.config),
         }
 
+    if app.config["TRUSTED_PROXIES"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = app.config["TRUSTED_PROXIES"]  # outermost: every layer below sees the client's address
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)
     return app
 
 
@@ -87,6 +93,12 @@ def socket_client_manager(config):
     import socketio as python_socketio
 
     return python_socketio.RedisManager(config["REDIS_URL"], channel=f"{config['REDIS_KEY_PREFIX']}socketio")
+
+
+def socket_transports(config) -> str:
+    """What the pages pass to the Socket.IO client: SOCKETIO_TRANSPORTS, else websocket only with REDIS_URL
+    (several processes, no sticky sessions), else nothing (the client's default)."""
+    return config["SOCKETIO_TRANSPORTS"] or ("websocket" if config["REDIS_URL"] else "")
 
 
 def configure_logging(level: str) -> None:

@@ -135,6 +135,14 @@ class Config:
     # limits are counted there unless RATELIMIT_STORAGE_URI says otherwise.
     REDIS_URL = os.environ.get("REDIS_URL", "").strip()
     REDIS_KEY_PREFIX = os.environ.get("REDIS_KEY_PREFIX", "faceapp:")  # every key and channel starts with it
+    # Socket.IO transports the pages use. A websocket stays on the process that accepted it, so behind a
+    # load balancer the pages need no sticky sessions; long-polling's requests must all reach one process.
+    # Comma-separated; unset: websocket only with REDIS_URL (several processes), else the client library's
+    # default (long-polling first, then the upgrade to a websocket).
+    SOCKETIO_TRANSPORTS = os.environ.get("SOCKETIO_TRANSPORTS", "")
+    # Proxies in front that set X-Forwarded-For/-Proto (1 behind deploy/nginx.conf): the client's address,
+    # which rate limits count by, is then read from that header. 0: the peer's address (no proxy).
+    TRUSTED_PROXIES = _int("TRUSTED_PROXIES", 0)
     # A worker renews its lease on a running job every third of this; a job whose lease lapsed (its worker
     # was killed) is queued again, up to VIDEO_MAX_ATTEMPTS runs in all, then fails with the reason.
     VIDEO_LEASE_S = _float("VIDEO_LEASE_S", 30.0)

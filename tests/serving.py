@@ -3,12 +3,15 @@ a browser):
 
 - :func:`serve`: werkzeug's threaded server in this process, reusing the session's inference service;
 - :func:`gunicorn`: the production server (``faceapp serve``: ``gunicorn -w 1 --threads N``) in a child
-  process, as ``make run`` starts it (browser tests, ``bench/live_clients.py``).
+  process, as ``make run`` starts it (browser tests, ``bench/live_clients.py``);
+- :class:`WebServer` and :class:`WorkerProcess`: the same server and ``faceapp worker`` as child processes
+  started side by side (REDIS_URL mode: tests/test_distributed.py, ``bench/scale_out.py``).
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -114,6 +117,21 @@ class WebServer(ServerProcess):
 
     def wait_ready(self, timeout_s: float = 180) -> dict:
         return self.wait_until(lambda: readiness(self.base_url), timeout_s)
+
+
+class WorkerProcess(ServerProcess):
+    """``faceapp worker`` (REDIS_URL mode's video worker): ready when Celery says so (at INFO, whatever
+    LOG_LEVEL says)."""
+
+    def __init__(self, env: dict[str, str]):
+        super().__init__([sys.executable, "-m", "app.main", "worker", "--loglevel", "INFO"], env, name="video worker")
+
+    def wait_ready(self, timeout_s: float = 180) -> None:
+        self.wait_until(lambda: True if " ready." in self.output() else None, timeout_s)
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
 
 
 @contextmanager

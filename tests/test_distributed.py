@@ -9,7 +9,6 @@ moving face (tests/video_clips.py), long enough that a job is seen running.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,24 +20,10 @@ import socketio
 
 from helpers import encode
 from redis_parts import RedisServer
-from serving import ServerProcess, WebServer
+from serving import WebServer, WorkerProcess
 from video_clips import moving_face_frames, write_clip
 
 JOB_TIMEOUT_S = 180  # a job's end, restarts and a replacement worker's model loading included
-
-
-class WorkerProcess(ServerProcess):
-    """``faceapp worker``: ready when Celery says so."""
-
-    def __init__(self, env: dict[str, str]):
-        super().__init__([sys.executable, "-m", "app.main", "worker"], env, name="video worker")
-
-    def wait_ready(self, timeout_s: float = 180) -> None:
-        self.wait_until(lambda: True if " ready." in self.output() else None, timeout_s)
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
 
 
 @dataclass
