@@ -10,7 +10,9 @@ with one ``faceapp worker``, and another with two (each set-up its own key prefi
 turns, ``--rounds`` times, so that the host's changing load falls on all three alike; medians over rounds,
 and the ratios are taken within each round. Per turn:
 - throughput: ``--jobs`` clips submitted at once over HTTP, the wall time from the first upload to the
-  last job done -> frames/s;
+  last job done -> frames/s; and the CPU time the set-up's processes used meanwhile -> frames per
+  CPU-second and cores used (on a host shared with other work, more processes win a larger share of a
+  contended CPU: frames per CPU-second says whether they also did the work more cheaply);
 - overhead per job: ``--small-jobs`` 4-frame clips, one at a time with every worker idle: the time from
   the job's creation to its start (upload saved and probed, queued, handed to a worker: what the queue
   costs) and from the upload to "done" seen by the client polling every 20 ms.
@@ -68,6 +70,27 @@ def job_times(folder: Path, job_id: str, redis_url: str | None, prefix: str) -> 
     return data["created"], data["started"]
 
 
+def cpu_seconds(roots: list[int]) -> float:
+    """User + system CPU time of ``roots`` and all their descendants so far (Linux /proc)."""
+    parents, times = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        times[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid, seconds in times.items():
+        p = pid
+        while p > 1 and p not in roots:
+            p = parents.get(p, 0)
+        if p in roots:
+            total += seconds
+    return total
+
+
 @dataclass
 class Setup:
     name: str
@@ -103,15 +126,18 @@ def turn(setup: Setup, clip: Path, small: Path, jobs: int, small_jobs: int, fram
         if i:
             end_to_end.append(seconds)
             queue_s.append(started - created)
-    t0 = time.perf_counter()
+    pids = [process.process.pid for process in setup.processes()]
+    cpu0, t0 = cpu_seconds(pids), time.perf_counter()
     ids = [submit(base_url, clip) for _ in range(jobs)]
     for job_id in ids:
         wait_done(base_url, job_id, poll_s=0.2)
-    wall = time.perf_counter() - t0
-    row = {"frames_per_s": jobs * frames / wall, "wall_s": wall,
+    wall, cpu = time.perf_counter() - t0, cpu_seconds(pids) - cpu0
+    row = {"frames_per_s": jobs * frames / wall, "wall_s": wall, "frames_per_cpu_s": jobs * frames / cpu,
+           "cpu_cores_used": cpu / wall,
            "created_to_started_ms": statistics.median(queue_s) * 1000,
            "small_job_end_to_end_ms": statistics.median(end_to_end) * 1000, "load_average_1min": os.getloadavg()[0]}
-    print(f"  {setup.name}: {jobs} x {frames} frames in {wall:.1f} s = {row['frames_per_s']:.1f} frames/s; a 4-frame "
+    print(f"  {setup.name}: {jobs} x {frames} frames in {wall:.1f} s = {row['frames_per_s']:.1f} frames/s "
+          f"({row['frames_per_cpu_s']:.1f} per CPU-second, {row['cpu_cores_used']:.2f} cores used); a 4-frame "
           f"job: created -> started {row['created_to_started_ms']:.0f} ms, upload -> done seen "
           f"{row['small_job_end_to_end_ms']:.0f} ms (medians of {small_jobs}); load {row['load_average_1min']:.1f}",
           flush=True)
@@ -158,8 +184,8 @@ def main(argv=None) -> dict:
     def ratio(a: str, b: str) -> float:
         return statistics.median(r[a]["frames_per_s"] / r[b]["frames_per_s"] for r in rounds)
 
-    summary = {name: {key: median(name, key) for key in ("frames_per_s", "created_to_started_ms",
-                                                          "small_job_end_to_end_ms")}
+    summary = {name: {key: median(name, key) for key in ("frames_per_s", "frames_per_cpu_s", "cpu_cores_used",
+                                                          "created_to_started_ms", "small_job_end_to_end_ms")}
                for name in rounds[0]}
     summary["ratios"] = {"2_workers_vs_1": ratio("celery-2-workers", "celery-1-worker"),
                          "1_worker_vs_embedded": ratio("celery-1-worker", "embedded"),
@@ -168,7 +194,8 @@ def main(argv=None) -> dict:
                              for r in rounds)}
     for name, row in summary.items():
         if name != "ratios":
-            print(f"{name}: {row['frames_per_s']:.1f} frames/s, created -> started {row['created_to_started_ms']:.0f} ms, "
+            print(f"{name}: {row['frames_per_s']:.1f} frames/s, {row['frames_per_cpu_s']:.1f} per CPU-second, "
+                  f"{row['cpu_cores_used']:.2f} cores used, created -> started {row['created_to_started_ms']:.0f} ms, "
                   f"small job upload -> done {row['small_job_end_to_end_ms']:.0f} ms (medians of {args.rounds} rounds)")
     ratios = summary["ratios"]
     print(f"2 workers vs 1: {ratios['2_workers_vs_1']:.2f}x; 1 worker vs embedded: {ratios['1_worker_vs_embedded']:.2f}x; "

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from app.video.jobs import (CANCELLED, FAILED, FINISHED, QUEUED, RUNNING, QueueFull, VideoJob, VideoOptions,
+from app.video.jobs import (FAILED, QUEUED, RUNNING, QueueFull, VideoJob, VideoOptions,
                             valid_job_id)
 from app.video.store import QueueUnavailable, RedisJobStore
 
@@ -197,7 +197,7 @@ class CeleryJobQueue:
                 self.store.release(job_id, holder="")
             elif job.status == RUNNING:
                 self.reap(job)
-            elif job.status in FINISHED or job.status == CANCELLED:
+            elif job.finished:  # its worker ended it; a queued one may be starting (lease taken, status not yet written)
                 self.store.release(job_id, holder="")
 
     # -- helpers -----------------------------------------------------------------------------------

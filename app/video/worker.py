@@ -20,9 +20,10 @@ import threading
 import time
 
 import click
-from flask import current_app
-from flask.cli import with_appcontext
+from flask import current_app, has_app_context
+from flask.cli import ScriptInfo
 
+from app.config import Config
 from app.video.distributed import TASK_NAME, CeleryJobQueue
 from app.video.events import EVENT, NAMESPACE
 from app.video.jobs import VideoJob, execute
@@ -31,6 +32,7 @@ from app.video.store import QueueUnavailable
 
 log = logging.getLogger(__name__)
 
+NO_REDIS = "the worker takes jobs from Redis: set REDIS_URL (e.g. redis://127.0.0.1:6379/0)"
 FINAL_WRITE_PATIENCE_S = 600  # how long a finished run waits for Redis to store its outcome
 
 
@@ -163,12 +165,15 @@ def socketio_channel(config) -> str:
               help="Jobs run at once in this process (1: Celery's solo pool; more: its threads pool, "
                    "all sharing this process's models: worth it on a GPU).")
 @click.option("--loglevel", default=lambda: os.environ.get("LOG_LEVEL", "INFO"), show_default="$LOG_LEVEL or INFO")
-@with_appcontext
-def worker_command(concurrency: int, loglevel: str) -> None:
+@click.pass_context
+def worker_command(ctx: click.Context, concurrency: int, loglevel: str) -> None:
     """Run video jobs from the Redis queue (REDIS_URL must be set): a Celery worker with its own models."""
-    app = current_app._get_current_object()
+    if not Config.REDIS_URL and not has_app_context():  # said before the models load
+        raise click.ClickException(NO_REDIS)
+    app = current_app._get_current_object() if has_app_context() else ctx.ensure_object(ScriptInfo).load_app()
     if not app.config["REDIS_URL"]:
-        raise click.ClickException("the worker takes jobs from Redis: set REDIS_URL (e.g. redis://127.0.0.1:6379/0)")
+        raise click.ClickException(NO_REDIS)
+    ctx.with_resource(app.app_context())
     from app.video import get_queue
 
     queue = get_queue()
