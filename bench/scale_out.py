@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from bench.common import machine, write_results  # noqa: E402
 from bench.video_throughput import make_clip  # noqa: E402
 from redis_parts import RedisServer  # noqa: E402
-from serving import WebServer, WorkerProcess  # noqa: E402
+from serving import WebServer, WorkerProcess, stop_all  # noqa: E402
 
 
 def submit(base_url: str, clip: Path) -> str:
@@ -173,9 +173,7 @@ def main(argv=None) -> dict:
                 print(f"round {r + 1}:", flush=True)
                 rounds.append({s.name: turn(s, clip, small, args.jobs, args.small_jobs, args.frames) for s in setups})
         finally:
-            for setup in setups:
-                for process in setup.processes():
-                    process.stop()
+            stop_all([process for setup in setups for process in setup.processes()])
             redis_server.stop()
 
     def median(name: str, key: str) -> float:

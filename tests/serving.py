@@ -97,6 +97,7 @@ class ServerProcess:
         return result
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 15 s."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -105,6 +106,15 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+
+
+def stop_all(processes: list[ServerProcess]) -> None:
+    """Stops them side by side: each gets SIGTERM at once, then each is waited for."""
+    for process in processes:
+        if process.process.poll() is None:
+            process.process.terminate()
+    for process in processes:
+        process.stop()
 
 
 class WebServer(ServerProcess):

@@ -8,7 +8,10 @@ moving face (tests/video_clips.py), long enough that a job is seen running.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,7 +23,7 @@ import socketio
 
 from helpers import encode
 from redis_parts import RedisServer
-from serving import WebServer, WorkerProcess
+from serving import REPO_ROOT, WebServer, WorkerProcess, free_port, readiness, stop_all
 from video_clips import moving_face_frames, write_clip
 
 JOB_TIMEOUT_S = 180  # a job's end, restarts and a replacement worker's model loading included
@@ -49,8 +52,7 @@ def topology(tmp_path_factory):
             process.wait_ready()
         yield topology
     finally:  # the tests replace killed processes in ``topology``: stop what it holds now
-        for process in (topology.a, topology.b, *topology.workers):
-            process.stop()
+        stop_all([topology.a, topology.b, *topology.workers])
         redis_server.stop()
 
 
@@ -178,3 +180,59 @@ def test_a_worker_killed_mid_job_is_taken_up_by_another(topology, clips):
     assert any("worker running it stopped" in note for note in finished["notes"]), finished
     summary = requests.get(f"{topology.b.base_url}/api/v1/videos/{created['id']}/summary.json", timeout=10).json()
     assert summary["frames"] == 480
+
+
+@pytest.fixture
+def nginx(topology, tmp_path):
+    """deploy/nginx.conf in front of the two web processes (its upstream host replaced by their ports,
+    its port by a free one, its files in tmp_path); skipped where nginx is not installed."""
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if binary is None:
+        pytest.skip("nginx is not installed (the deployment's proxy configuration is tested with it)")
+    port = free_port()
+    config = (REPO_ROOT / "deploy" / "nginx.conf").read_text()
+    servers = "".join(f"server 127.0.0.1:{server.port}; " for server in (topology.a, topology.b))
+    config = config.replace("server web:5000;", servers).replace("listen 80;", f"listen 127.0.0.1:{port};")
+    temp_paths = "".join(f"{name}_temp_path {tmp_path / name};\n" for name in
+                         ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    config = config.replace("http {\n", "http {\n" + temp_paths + f"access_log {tmp_path / 'access.log'};\n", 1)
+    (tmp_path / "nginx.conf").write_text(config)
+    # As root, nginx's workers would run as nobody, who cannot write request bodies into tmp_path.
+    user = "user root; " if os.geteuid() == 0 else ""
+    process = subprocess.Popen([binary, "-c", str(tmp_path / "nginx.conf"), "-g",
+                                f"{user}daemon off; pid {tmp_path / 'nginx.pid'}; error_log {tmp_path / 'error.log'};"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while readiness(base_url) is None:
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "nginx did not answer"
+        time.sleep(0.2)
+    yield base_url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("transports", [["websocket"], ["polling"]])
+def test_through_the_deployments_nginx_websockets_and_long_polling_both_work(nginx, clips, transports):
+    """deploy/nginx.conf: the websocket upgrade goes through; long-polling (no Upgrade header: the
+    sticky ip_hash upstream) keeps its session on one web process, so its requests are not refused."""
+    events, finished = [], threading.Event()
+
+    def on_progress(data):
+        events.append(data)
+        if data["status"] == "done":
+            finished.set()
+
+    client = socketio.Client(reconnection=False)
+    client.on("progress", on_progress, namespace="/videos")
+    client.connect(nginx, namespaces=["/videos"], transports=transports, wait_timeout=10)
+    try:
+        assert client.transport() == transports[0]
+        created = submit(nginx, clips[240])
+        assert client.call("watch", created["id"], namespace="/videos", timeout=10)["id"] == created["id"]
+        assert finished.wait(JOB_TIMEOUT_S), events[-3:]
+    finally:
+        client.disconnect()
+    assert any(e["status"] == "running" for e in events)
+    assert download(nginx, created["id"], "summary.json")
