@@ -3,6 +3,9 @@
 #              docker run --gpus all -p 5000:5000 faceapp:cuda
 # (the CUDA variant installs PyPI's torch wheels, which bundle the CUDA runtime; the host needs only
 #  the NVIDIA driver and the container toolkit. The service then runs the heads in fp16 on cuda:0.)
+# Scale-out (REDIS_URL; compose.yaml): the same image runs the web (the default command) and the video
+# workers (`faceapp worker`). Weights are baked in (models/weights, MTCNN's inside facenet-pytorch, and
+# the ONNX exports made below); the image runs as the unprivileged user faceapp.
 
 # --- front-end libraries from npm (no CDN at run time) -----------------------------------------
 FROM node:20-slim AS frontend
@@ -30,7 +33,14 @@ COPY static ./static
 COPY wsgi.py gunicorn.conf.py pyproject.toml README.md ./
 # The faceapp command, as an editable install: the app reads its weights, pages and npm libraries from /app.
 RUN pip install --no-deps -e .
-RUN useradd --create-home faceapp && mkdir -p instance && chown faceapp instance
+# The ONNX exports of the shipped weights (the CPU backend's models), made now rather than at each start.
+RUN python -c "from app.config import Config; from models.onnx_backend import exported_models; \
+exported_models(Config.ONNX_DIR, Config.EMOTION_WEIGHTS, Config.AGE_GENDER_WEIGHTS)"
+# /data/videos: the job folders (VIDEO_DIR); compose mounts one volume there in every web and worker
+# container, and a fresh named volume takes this folder's owner.
+RUN useradd --create-home --uid 10001 faceapp && mkdir -p instance /data/videos \
+ && chown -R faceapp instance /data/videos
+ENV VIDEO_DIR=/data/videos
 USER faceapp
 EXPOSE 5000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:5000/readyz').status != 200)"

@@ -39,9 +39,11 @@ def create_app(config_class: type = Config, service=None) -> Flask:
     app.extensions["inference"] = service
     app.extensions["pixel_budget"] = PixelBudget(app.config["PIXEL_BUDGET"], app.config["PIXEL_BUDGET_WAIT_S"])
 
-    # Only our namespaces: a connection to any other (or to none) is refused, not held.
+    # Only our namespaces: a connection to any other (or to none) is refused, not held. With REDIS_URL,
+    # emits go through Redis's pub/sub and reach a socket whichever process holds it; passed every time
+    # (None: in this process only), as the module's SocketIO keeps the options of its last init_app.
     socketio.init_app(app, async_mode="threading", max_http_buffer_size=app.config["MAX_CONTENT_LENGTH"],
-                      namespaces=SOCKET_NAMESPACES)
+                      namespaces=SOCKET_NAMESPACES, client_manager=socket_client_manager(app.config))
 
     from app import cli, errors, live, security, video
     from app.connections import ConnectionGuard, close_connections_without_namespace
@@ -73,9 +75,30 @@ def create_app(config_class: type = Config, service=None) -> Flask:
             "inference_device": service.device_description,
             "app_version": __version__,
             "max_upload_mb": app.config["MAX_UPLOAD_MB"],
+            "socket_transports": socket_transports(app.config),
         }
 
+    if app.config["TRUSTED_PROXIES"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = app.config["TRUSTED_PROXIES"]  # outermost: every layer below sees the client's address
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)
     return app
+
+
+def socket_client_manager(config):
+    """Socket.IO's Redis manager when REDIS_URL is set (its channel under REDIS_KEY_PREFIX), else None."""
+    if not config["REDIS_URL"]:
+        return None
+    import socketio as python_socketio
+
+    return python_socketio.RedisManager(config["REDIS_URL"], channel=f"{config['REDIS_KEY_PREFIX']}socketio")
+
+
+def socket_transports(config) -> str:
+    """What the pages pass to the Socket.IO client: SOCKETIO_TRANSPORTS, else websocket only with REDIS_URL
+    (several processes, no sticky sessions), else nothing (the client's default)."""
+    return config["SOCKETIO_TRANSPORTS"] or ("websocket" if config["REDIS_URL"] else "")
 
 
 def configure_logging(level: str) -> None:

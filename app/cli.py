@@ -86,4 +86,7 @@ def analyze_command(paths: tuple[str, ...], no_detect: bool, fmt: str) -> None:
 
 
 def init_app(app: Flask) -> None:
+    from app.video.worker import worker_command
+
     app.cli.add_command(analyze_command)
+    app.cli.add_command(worker_command)

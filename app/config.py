@@ -94,7 +94,9 @@ class Config:
     # app is open. Rate limits are Flask-Limiter strings, counted per key (or per address without one).
     API_KEYS = os.environ.get("API_KEYS", "")
     RATELIMIT_ENABLED = os.environ.get("RATELIMIT_ENABLED", "true").strip().lower() not in ("0", "false", "no", "off")
-    RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "memory://")  # e.g. redis://host:6379
+    # e.g. redis://host:6379/0. Unset: REDIS_URL when that is set (every web process counts together),
+    # else memory:// (per process).
+    RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", "")
     RATE_LIMIT = os.environ.get("RATE_LIMIT", "600 per minute")  # every /api/v1 route, each counted apart
     UPLOAD_RATE_LIMIT = os.environ.get("UPLOAD_RATE_LIMIT", "120 per minute")  # POST images, POST videos
     LOGIN_RATE_LIMIT = os.environ.get("LOGIN_RATE_LIMIT", "10 per minute")
@@ -123,3 +125,29 @@ class Config:
     # Full face search every n-th analysed frame, faces followed by MTCNN's O-net in between
     # (app/inference/keyframes.py); 1 searches every frame.
     VIDEO_SEARCH_EVERY = _int("VIDEO_SEARCH_EVERY", 5)
+    # Where job folders live; unset: UPLOAD_FOLDER/videos. With REDIS_URL set, a volume every web process
+    # and worker mounts at the same path (uploads are written by the web, outputs by the workers).
+    VIDEO_DIR = os.environ.get("VIDEO_DIR", "")
+
+    # Scale-out (README "Running at scale"). Unset: one process holds everything (video jobs on threads,
+    # job state in job.json). Set (redis://host:6379/0): Socket.IO events go through Redis's pub/sub, video
+    # jobs go to Celery workers (`faceapp worker`) through Redis, their state lives in Redis, and rate
+    # limits are counted there unless RATELIMIT_STORAGE_URI says otherwise.
+    REDIS_URL = os.environ.get("REDIS_URL", "").strip()
+    REDIS_KEY_PREFIX = os.environ.get("REDIS_KEY_PREFIX", "faceapp:")  # every key and channel starts with it
+    # Socket.IO transports the pages use. A websocket stays on the process that accepted it, so behind a
+    # load balancer the pages need no sticky sessions; long-polling's requests must all reach one process.
+    # Comma-separated; unset: websocket only with REDIS_URL (several processes), else the client library's
+    # default (long-polling first, then the upgrade to a websocket).
+    SOCKETIO_TRANSPORTS = os.environ.get("SOCKETIO_TRANSPORTS", "")
+    # Proxies in front that set X-Forwarded-For/-Proto (1 behind deploy/nginx.conf): the client's address,
+    # which rate limits count by, is then read from that header. 0: the peer's address (no proxy).
+    TRUSTED_PROXIES = _int("TRUSTED_PROXIES", 0)
+    # A worker renews its lease on a running job every third of this; a job whose lease lapsed (its worker
+    # was killed) is queued again, up to VIDEO_MAX_ATTEMPTS runs in all, then fails with the reason.
+    VIDEO_LEASE_S = _float("VIDEO_LEASE_S", 30.0)
+    VIDEO_MAX_ATTEMPTS = _int("VIDEO_MAX_ATTEMPTS", 2)
+    # Celery on Redis redelivers a message not acknowledged after this long (acks_late: a job is
+    # acknowledged when it ends). Longer than the longest job (600 s of 4K video runs well under an hour on
+    # a CPU), else a running job would be delivered twice (the lease turns the second delivery away anyway).
+    VIDEO_VISIBILITY_TIMEOUT_S = _float("VIDEO_VISIBILITY_TIMEOUT_S", 4 * 3600.0)

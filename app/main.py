@@ -2,7 +2,9 @@
 
 - ``faceapp serve``: the web app under gunicorn, as ``make run`` starts it (one worker, threads);
 - ``faceapp analyze PATH...``: the command-line analysis of ``app/cli.py`` (same as
-  ``flask --app app analyze``).
+  ``flask --app app analyze``);
+- ``faceapp worker``: a Celery worker running video jobs when ``REDIS_URL`` is set (``app/video/worker.py``,
+  same as ``flask --app app worker``).
 """
 from __future__ import annotations
 
@@ -33,17 +35,21 @@ def _create_app():
 
 
 class _Commands(click.Group):
-    """Imports ``analyze`` (torch and the models' code) only when it runs: the gunicorn master of
-    ``serve`` then stays light, and starts listening sooner."""
+    """Imports ``analyze`` and ``worker`` (torch and the models' code) only when they run: the gunicorn
+    master of ``serve`` then stays light, and starts listening sooner."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), "analyze"})
+        return sorted({*super().list_commands(ctx), "analyze", "worker"})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name == "analyze":
             from app.cli import analyze_command
 
             return analyze_command
+        if name == "worker":
+            from app.video.worker import worker_command
+
+            return worker_command
         return super().get_command(ctx, name)
 
 

@@ -199,6 +199,11 @@ def rate_limit_key() -> str:
     return current_key_id() or get_remote_address()
 
 
+def rate_limit_storage(config) -> str:
+    """RATELIMIT_STORAGE_URI; unset: REDIS_URL when set (the web processes count together), else memory."""
+    return config["RATELIMIT_STORAGE_URI"] or config["REDIS_URL"] or "memory://"
+
+
 def init_app(app: Flask) -> Limiter:
     """Keys, the login page, rate limits and the headers; call after ``socketio.init_app(app)`` (the
     headers wrap Socket.IO's middleware too) and before the blueprints are registered."""
@@ -211,8 +216,15 @@ def init_app(app: Flask) -> Limiter:
     # tell a client of a 200 to wait: it goes in its own header, and becomes Retry-After on a 429 only.
     # Registered before the limiter, so that it runs after the limiter's own after_request.
     app.after_request(_retry_after_on_429)
-    limiter = Limiter(rate_limit_key, app=app, storage_uri=app.config["RATELIMIT_STORAGE_URI"],
-                      headers_enabled=True, strategy="moving-window",
+    storage_uri = rate_limit_storage(app.config)
+    shared = not storage_uri.startswith("memory://")
+    # On Redis: the counters under REDIS_KEY_PREFIX, quick to give up; and while Redis is away each process
+    # counts in memory instead of failing requests, so photos and live frames go on through its restart.
+    on_redis = storage_uri.startswith(("redis://", "rediss://"))
+    storage_options = ({"key_prefix": f"{app.config['REDIS_KEY_PREFIX']}limits", "socket_connect_timeout": 2,
+                        "socket_timeout": 5} if on_redis else {})
+    limiter = Limiter(rate_limit_key, app=app, storage_uri=storage_uri, storage_options=storage_options,
+                      headers_enabled=True, strategy="moving-window", in_memory_fallback_enabled=shared,
                       header_name_mapping={HeaderNames.RETRY_AFTER: RATE_LIMIT_RETRY_AFTER})
     limiter.limit(app.config["LOGIN_RATE_LIMIT"], methods=["POST"])(bp)
     return limiter

@@ -40,3 +40,12 @@ def test_exit_status_is_nonzero_only_when_nothing_was_analysed(runner, tmp_path)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [("error" in line) for line in lines] == [True, True]
     assert "no image could be analysed" in result.stderr
+
+
+def test_the_worker_needs_redis_and_says_so(runner, monkeypatch):
+    """`flask --app app worker` (and `faceapp worker`) without REDIS_URL: a clear error, no worker."""
+    from app.config import Config
+
+    monkeypatch.setattr(Config, "REDIS_URL", "")
+    result = runner.invoke(args=["worker"])
+    assert result.exit_code == 1 and "set REDIS_URL" in result.output

@@ -135,7 +135,7 @@ def test_pyproject_installs_the_faceapp_command():
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     module, _, attr = pyproject["project"]["scripts"]["faceapp"].partition(":")
     assert (module, attr) == ("app.main", "cli")
-    assert sorted(faceapp.cli.list_commands(None)) == ["analyze", "serve"]
+    assert sorted(faceapp.cli.list_commands(None)) == ["analyze", "serve", "worker"]
 
 
 def test_faceapp_analyze_prints_csv_with_faces_numbered_from_one(service, tmp_path, side_by_side):
@@ -154,7 +154,7 @@ def test_faceapp_refuses_to_run_outside_a_checkout(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "pip install -e ." in result.output
 
 
-@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["analyze", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["analyze", "--help"], ["worker", "--help"]])
 def test_faceapp_help(args):
     result = subprocess.run([sys.executable, "-m", "app.main", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=60)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -11,9 +12,10 @@ from flask_socketio import SocketIO
 from app.errors import bad_request, error_response, socket_error
 from app.security import current_key_id
 from app.video.events import EVENT, NAMESPACE, VideoNamespace
-from app.video.jobs import DONE, OUTPUTS, QUEUED, JobQueue, QueueFull, VideoJob, VideoOptions
+from app.video.jobs import DONE, OUTPUTS, QUEUED, JobQueue, QueueFull, VideoJob, VideoOptions, VideoQueue
 from app.video.probe import VideoError, probe
 from app.video.processing import process_video
+from app.video.store import QueueUnavailable
 
 page_bp = Blueprint("video", __name__)
 api_bp = Blueprint("video_api", __name__)
@@ -23,18 +25,29 @@ _queue_lock = threading.Lock()
 DELETE_TOKEN_HEADER = "X-Delete-Token"
 
 
-def get_queue() -> JobQueue:
-    """This app's job queue, built on first use (so building an app starts no thread)."""
+def video_root(config) -> Path:
+    """Where job folders live: VIDEO_DIR, else UPLOAD_FOLDER/videos."""
+    return Path(config["VIDEO_DIR"] or Path(config["UPLOAD_FOLDER"]) / "videos")
+
+
+def get_queue() -> VideoQueue:
+    """This app's job queue, built on first use (so building an app starts no thread): threads in this
+    process, or Celery workers when REDIS_URL is set."""
     app = current_app._get_current_object()
     with _queue_lock:
         jobs = app.extensions.get("video_jobs")
         if jobs is None:
-            service = app.extensions["inference"]
-            jobs = JobQueue(Path(app.config["UPLOAD_FOLDER"]) / "videos",
-                            runner=lambda job, cancelled, report: process_video(job, service, cancelled, report),
-                            max_queue=app.config["VIDEO_MAX_QUEUE"], workers=app.config["VIDEO_WORKERS"],
-                            ttl_hours=app.config["VIDEO_TTL_HOURS"],
-                            on_progress=_pusher(app.extensions.get("video_socketio_server")))
+            on_progress = _pusher(app.extensions.get("video_socketio_server"))
+            if app.config["REDIS_URL"]:
+                from app.video.distributed import CeleryJobQueue
+
+                jobs = CeleryJobQueue.from_config(app.config, video_root(app.config), on_progress)
+            else:
+                service = app.extensions["inference"]
+                jobs = JobQueue(video_root(app.config),
+                                runner=lambda job, cancelled, report: process_video(job, service, cancelled, report),
+                                max_queue=app.config["VIDEO_MAX_QUEUE"], workers=app.config["VIDEO_WORKERS"],
+                                ttl_hours=app.config["VIDEO_TTL_HOURS"], on_progress=on_progress)
             app.extensions["video_jobs"] = jobs
     return jobs
 
@@ -119,7 +132,6 @@ def create():
         config = current_app.config
         info = probe(job.input_path, config["MAX_VIDEO_SECONDS"], config["MAX_VIDEO_SIDE"])
         job.frames_total = info.frames
-        job.save()
         jobs.submit(job)
     except VideoError as exc:
         jobs.delete(job.id)
@@ -127,11 +139,30 @@ def create():
     except QueueFull:
         jobs.delete(job.id)
         return error_response(503, "too many videos are waiting; try again later", "busy", {"Retry-After": "30"})
+    except QueueUnavailable:
+        _delete_quietly(jobs, job.id)
+        return queue_unavailable(None)
     except BaseException:
         jobs.delete(job.id)  # e.g. a full disk: leave no half-made job behind
         raise
     body = {"id": job.id, "status": job.status, "urls": _urls(job.id), "delete_token": delete_token}
     return body, 202, {"Location": body["urls"]["status"]}
+
+
+def _delete_quietly(jobs: VideoQueue, job_id: str) -> None:
+    """Removes what a refused upload left (its folder; its state too if Redis answers again)."""
+    try:
+        jobs.delete(job_id)
+    except QueueUnavailable:
+        shutil.rmtree(video_root(current_app.config) / job_id, ignore_errors=True)
+
+
+@api_bp.errorhandler(QueueUnavailable)
+def queue_unavailable(_exc):
+    """Redis does not answer (REDIS_URL mode): video jobs can be neither queued nor read until it is back;
+    photos and live frames do not need it and go on."""
+    return error_response(503, "the video queue is unavailable (its Redis server does not answer); "
+                               "try again in a few seconds", "queue_unavailable", {"Retry-After": "5"})
 
 
 def _job_or_404(job_id: str) -> VideoJob | None:

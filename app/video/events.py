@@ -28,15 +28,20 @@ class VideoNamespace(Namespace):
 
     def on_watch(self, *args):
         from app.video import get_queue, status_body  # here: app.video imports this module
+        from app.video.store import QueueUnavailable
 
         job_id = _job_id(args)
         if job_id is None:
             return error_body("invalid_payload", "send one job id (a string) with 'watch'")
-        job = get_queue().get(job_id)
-        if job is None:
-            return error_body("not_found", "no such video job")
-        join_room(job.id, namespace=NAMESPACE)
-        return status_body(job)
+        try:
+            job = get_queue().get(job_id)
+            if job is None:
+                return error_body("not_found", "no such video job")
+            join_room(job.id, namespace=NAMESPACE)
+            return status_body(job)
+        except QueueUnavailable:
+            return error_body("queue_unavailable", "the video queue is unavailable (Redis does not answer); "
+                                                   "watch again in a few seconds")
 
     def on_unwatch(self, *args):
         job_id = _job_id(args)

@@ -1,5 +1,7 @@
-"""Video jobs: their state on disk (``job.json``, so a job survives page reloads and restarts) and
-the bounded queue whose worker threads run them."""
+"""Video jobs: a job's state (:class:`VideoJob`), one run of it start to end (:func:`execute`), and the
+embedded mode's bounded queue whose threads run them (:class:`JobQueue`, state in ``job.json`` so a job
+survives page reloads and restarts). With ``REDIS_URL`` set, ``app/video/distributed.py`` offers the same
+queue interface (:class:`VideoQueue`) over Celery workers; routes and processing never know which."""
 from __future__ import annotations
 
 import collections
@@ -15,7 +17,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ class VideoJob:
     # made with the API key that created it (its id, app/security.py). Neither is ever reported.
     delete_token_sha256: str | None = None
     owner: str | None = None
+    # Runs started (distributed mode): a job whose worker died is queued again as the next attempt, and
+    # writes of an older attempt are refused (app/video/store.py).
+    attempt: int = 0
 
     @property
     def path(self) -> Path:
@@ -101,10 +106,17 @@ class VideoJob:
 
     @classmethod
     def load(cls, folder: Path) -> "VideoJob":
-        data = json.loads((Path(folder) / JOB_FILE).read_text())
+        return cls.from_dict(json.loads((Path(folder) / JOB_FILE).read_text()))
+
+    @classmethod
+    def from_dict(cls, data: dict, folder: str | None = None) -> "VideoJob":
+        """From ``asdict(job)``; ``folder`` overrides the stored one (each host mounts the shared folder
+        at its own path)."""
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
         data["options"] = VideoOptions(**data.get("options", {}))
+        if folder is not None:
+            data["folder"] = folder
         return cls(**data)
 
     def to_dict(self) -> dict:
@@ -128,6 +140,57 @@ class VideoJob:
 Runner = Callable[[VideoJob, Callable[[], bool], Callable[[VideoJob], None]], None]
 
 
+class VideoQueue(Protocol):
+    """What the routes use: :class:`JobQueue` (threads in this process) or
+    ``app.video.distributed.CeleryJobQueue`` (Celery workers, state in Redis)."""
+
+    def new_job(self, original_filename: str, options: VideoOptions, suffix: str = ".mp4") -> VideoJob: ...
+
+    def submit(self, job: VideoJob) -> None: ...
+
+    def get(self, job_id: str) -> VideoJob | None: ...
+
+    def position(self, job_id: str) -> int | None: ...
+
+    def delete(self, job_id: str) -> bool: ...
+
+    def cleanup(self, now: float | None = None) -> int: ...
+
+
+def execute(job: VideoJob, runner: Runner, is_cancelled: Callable[[], bool], report: Callable[[VideoJob], None],
+            keep_input: Callable[[], bool] = lambda: False) -> None:
+    """One run of ``job``: running -> done, failed with the reason, or cancelled; never left running.
+    The input is deleted when the run ends (only the outputs are kept, until the TTL) unless
+    ``keep_input()`` says another run still needs it."""
+    job.status, job.started = RUNNING, time.time()
+    report(job)
+    try:
+        runner(job, is_cancelled, report)
+        job.status, job.progress, job.eta_s = DONE, 1.0, 0.0
+    except JobCancelled:
+        job.status = CANCELLED
+    except Exception as exc:  # any failure ends the job with a reason, never a stuck "running"
+        if is_cancelled():
+            # Deleted while running: its files went from under it; that is the delete, not a failure.
+            job.status = CANCELLED
+        else:
+            log.warning("video job %s failed: %s", job.id, exc, exc_info=not isinstance(exc, ValueError))
+            job.status, job.error = FAILED, str(exc) or type(exc).__name__
+    finally:
+        if job.status == RUNNING:  # e.g. KeyboardInterrupt / SystemExit
+            job.status, job.error = FAILED, "interrupted"
+        if job.status != DONE:
+            job.eta_s = None
+        if job.status == CANCELLED:
+            log.info("video job %s cancelled", job.id)
+        if not keep_input():
+            try:  # the upload has served its purpose; only the outputs are kept (until the TTL)
+                job.input_path.unlink(missing_ok=True)
+            except OSError:
+                log.exception("could not remove the input of video job %s", job.id)
+        report(job)
+
+
 class JobQueue:
     """Runs video jobs on ``workers`` threads, at most ``max_queue`` waiting.
 
@@ -140,8 +203,10 @@ class JobQueue:
 
     def __init__(self, root: str | Path, runner: Runner, max_queue: int = 8, workers: int = 1,
                  ttl_hours: float = 24.0, on_progress: Callable[[VideoJob], None] | None = None):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        from app.video.store import FileJobStore  # it imports this module
+
+        self.store = FileJobStore(root)
+        self.root = self.store.root
         self.runner = runner
         self.workers = max(1, int(workers))
         self.max_queue = max(1, int(max_queue))
@@ -161,27 +226,17 @@ class JobQueue:
         """Jobs a previous process left queued or running are queued again, in the order they were
         created (a running one starts over: its partial outputs are rewritten); returns their ids.
         They were accepted once, so they may take the queue past ``max_queue``."""
-        unfinished = []
-        for folder in self.root.iterdir():
-            if not (folder / JOB_FILE).is_file():
-                continue
-            try:
-                job = VideoJob.load(folder)
-            except (OSError, ValueError, TypeError) as exc:
-                log.warning("unreadable video job in %s: %s", folder, exc)
-                continue
-            if job.status in (QUEUED, RUNNING):
-                unfinished.append(job)
+        unfinished = [job for job in self.store.jobs() if job.status in (QUEUED, RUNNING)]
         for job in sorted(unfinished, key=lambda j: j.created):
             if not job.input_path.is_file():
                 job.status, job.error, job.eta_s = FAILED, "its input was lost when the server restarted", None
-                job.save()
+                self.store.save(job)
                 continue
             restarted = job.status == RUNNING
             job.status, job.progress, job.frames_done, job.eta_s, job.started = QUEUED, 0.0, 0, None, None
             if restarted:
                 job.notes = [*job.notes, "started over: the server restarted while it ran"]
-            job.save()
+            self.store.save(job)
             with self._lock:
                 self._waiting.append(job.id)
         self.cleanup()
@@ -199,11 +254,12 @@ class JobQueue:
         folder.mkdir(parents=True)
         job = VideoJob(id=job_id, folder=str(folder), input_name=f"input{suffix}",
                        original_filename=original_filename, options=options)
-        job.save()
+        self.store.save(job)
         return job
 
     def submit(self, job: VideoJob) -> None:
-        """Queues a saved job; raises ``QueueFull`` (and leaves the job for the caller to delete)."""
+        """Saves and queues the job; raises ``QueueFull`` (and leaves the job for the caller to delete)."""
+        self.store.save(job)
         self._start()
         with self._lock:
             if len(self._waiting) >= self.max_queue:
@@ -212,12 +268,7 @@ class JobQueue:
             self._work_ready.notify()
 
     def get(self, job_id: str) -> VideoJob | None:
-        if not _valid_id(job_id) or not (self.root / job_id / JOB_FILE).is_file():
-            return None
-        try:
-            return VideoJob.load(self.root / job_id)
-        except (OSError, ValueError, TypeError):
-            return None
+        return self.store.get(job_id)
 
     def position(self, job_id: str) -> int | None:
         """1 for the next job to start; None when not waiting."""
@@ -226,7 +277,7 @@ class JobQueue:
 
     def delete(self, job_id: str) -> bool:
         """Cancels the job (a running one stops at its next chunk) and removes its files."""
-        if not _valid_id(job_id) or not (self.root / job_id).is_dir():
+        if not valid_job_id(job_id) or not (self.root / job_id).is_dir():
             return False
         with self._lock:
             self._cancelled.add(job_id)
@@ -286,42 +337,17 @@ class JobQueue:
         job = self.get(job_id)
         if job is None:
             return
-        job.status, job.started = RUNNING, time.time()
-        self._report(job)
-        try:
-            self.runner(job, lambda: job_id in self._cancelled, self._report)
-            job.status, job.progress, job.eta_s = DONE, 1.0, 0.0
-        except JobCancelled:
-            job.status = CANCELLED
-        except Exception as exc:  # any failure ends the job with a reason, never a stuck "running"
-            if job_id in self._cancelled:
-                # Deleted while running: its files went from under it; that is the delete, not a failure.
-                job.status = CANCELLED
-            else:
-                log.warning("video job %s failed: %s", job_id, exc, exc_info=not isinstance(exc, ValueError))
-                job.status, job.error = FAILED, str(exc) or type(exc).__name__
-        finally:
-            if job.status == RUNNING:  # e.g. KeyboardInterrupt / SystemExit
-                job.status, job.error = FAILED, "interrupted"
-            if job.status != DONE:
-                job.eta_s = None
-            if job.status == CANCELLED:
-                log.info("video job %s cancelled", job_id)
-            try:  # the upload has served its purpose; only the outputs are kept (until the TTL)
-                job.input_path.unlink(missing_ok=True)
-            except OSError:
-                log.exception("could not remove the input of video job %s", job_id)
-            self._report(job)
-            if job_id in self._cancelled:
-                # Deleted while running: delete()'s rmtree can race with files the job was still
-                # writing (then the folder survives it); the job has stopped now, so remove it again.
-                shutil.rmtree(job.path, ignore_errors=True)
+        execute(job, self.runner, lambda: job_id in self._cancelled, self._report)
+        if job_id in self._cancelled:
+            # Deleted while running: delete()'s rmtree can race with files the job was still
+            # writing (then the folder survives it); the job has stopped now, so remove it again.
+            shutil.rmtree(job.path, ignore_errors=True)
 
     def _report(self, job: VideoJob) -> None:
         if job.id in self._cancelled or not job.path.is_dir():
             return  # deleted: do not recreate its folder
         try:
-            job.save()
+            self.store.save(job)
         except OSError:
             return
         if self.on_progress is not None:
@@ -331,6 +357,6 @@ class JobQueue:
                 log.exception("video progress callback failed")
 
 
-def _valid_id(job_id: str) -> bool:
+def valid_job_id(job_id: str) -> bool:
     """Job ids are uuid4 hex: anything else could escape the jobs folder."""
     return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)

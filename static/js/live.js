@@ -12,6 +12,8 @@ import { drawFaces } from './live-overlay.js';
 const root = document.getElementById('live');
 const config = {
   namespace: root.dataset.namespace,
+  // SOCKETIO_TRANSPORTS: websocket only behind several processes (no sticky sessions needed); else the default
+  socketTransports: document.body.dataset.socketTransports ? document.body.dataset.socketTransports.split(',') : null,
   maxSide: Number(root.dataset.maxSide),
   defaultAlpha: Number(root.dataset.defaultAlpha),
   jpegQuality: 0.8,
@@ -254,7 +256,9 @@ async function showCamera(deviceId) {
 
 function connect() {
   setConnection('connecting');
-  socket = window.io(config.namespace, { forceNew: true, reconnectionDelayMax: 5_000 }); // a fresh connection per Start
+  const options = { forceNew: true, reconnectionDelayMax: 5_000 }; // a fresh connection per Start
+  if (config.socketTransports) options.transports = config.socketTransports;
+  socket = window.io(config.namespace, options);
   socket.on('connect', () => {
     setConnection('connected');
     clearStatus();

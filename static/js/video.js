@@ -38,11 +38,17 @@ const maxBytes = Number(uploader.dataset.maxBytes);
 let currentJob = null;
 let pollTimer = null;
 
+/** The transports the server asks for (SOCKETIO_TRANSPORTS: websocket only behind several processes), if any. */
+function socketOptions() {
+  const transports = document.body.dataset.socketTransports;
+  return transports ? { transports: transports.split(',') } : {};
+}
+
 /**
  * Progress pushed over Socket.IO (namespace /videos) when the client library loaded; polling goes on
  * regardless, only slower while pushes arrive, so a lost connection costs nothing but speed.
  */
-const socket = window.io ? window.io('/videos') : null;
+const socket = window.io ? window.io('/videos', socketOptions()) : null;
 if (socket) {
   socket.on('progress', (job) => {
     if (job.id !== currentJob) return;

@@ -20,6 +20,7 @@ from browser.conftest import DESKTOP_VIEWPORT, launch_chromium
 from browser.layout import VIEWPORTS, Rect, overlaps_between
 from helpers import TestConfig
 from helpers import ASTRONAUT_FACE, box_iou
+from redis_parts import SHARED_REDIS_URL, delete_prefixed, shared_redis, unique_prefix
 from serving import serve
 
 try:
@@ -281,3 +282,30 @@ def test_overlays_cover_no_face_nor_each_other(page, live_server, artifacts_dir,
     if viewport == "desktop":
         footer = before["footer"]
         assert footer["y"] + footer["height"] <= VIEWPORTS["desktop"]["height"], footer
+
+
+def test_in_scale_out_mode_the_page_uses_websockets_only(service, page, page_log, tmp_path):
+    """REDIS_URL set (Socket.IO through the real Redis): the page connects with the websocket transport
+    alone, so a load balancer needs no sticky sessions, and the live frames are answered."""
+    client, prefix = shared_redis(), unique_prefix()
+
+    class ScaleOut(TestConfig):
+        REDIS_URL = SHARED_REDIS_URL
+        REDIS_KEY_PREFIX = prefix
+        VIDEO_DIR = str(tmp_path / "videos")
+
+    socket_requests = []
+    page.on("request", lambda request: socket_requests.append(request.url) if "/socket.io/" in request.url else None)
+    websockets = []
+    page.on("websocket", lambda ws: websockets.append(ws.url))
+    try:
+        with serve(create_app(ScaleOut, service=service)) as url:
+            open_live_page(page, url)
+            page.get_by_role("button", name="Start").click()
+            wait_for_faces(page, 1)
+            page.get_by_role("button", name="Stop").click()
+    finally:
+        delete_prefixed(client, prefix)
+    assert websockets and all("transport=websocket" in u for u in websockets), websockets
+    assert not [u for u in socket_requests if "transport=polling" in u], socket_requests
+    assert page_log.console_errors == []
