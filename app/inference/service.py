@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from app.inference import PHOTO
 from app.inference.batching import MicroBatcher
 from app.inference.explain import (Explanation, crop_matrix, heat_from_drops, heat_on_box, occlusion_batch,
                                    render_png)
@@ -175,9 +176,11 @@ class InferenceService:
             self._use_onnxruntime()
         # No waiting for companions (max_wait_ms=0): a lone picture is detected at once; under load,
         # pictures queue while a batch runs and leave together in the next one.
+        # One source per detector batch: a video's cheap refinement does not wait for live searches
+        # batched with it. The heads mix sources: a fuller batch is cheaper per face.
         self._detector: MicroBatcher[_DetectRequest, list[Detection]] = MicroBatcher(
             self._detect_batch, max_batch_size=DETECT_BATCH_SIZE, max_wait_ms=0, max_queue=settings.max_queue,
-            name="detector")
+            name="detector", mix_sources=False)
         self._batcher: MicroBatcher[_FaceJob, FacePrediction] = MicroBatcher(
             self._predict_batch, max_batch_size=settings.max_batch_size, max_wait_ms=self.max_wait_ms,
             max_queue=settings.max_queue, name="face-heads")
@@ -249,23 +252,26 @@ class InferenceService:
                          "min_score": self.detector.min_score},
         }
 
-    def detect(self, image: np.ndarray, max_side: int | None = None, min_face: int | None = None) -> list[Detection]:
+    def detect(self, image: np.ndarray, max_side: int | None = None, min_face: int | None = None,
+               source: str = PHOTO) -> list[Detection]:
         """Faces in one picture, best first; ``max_side`` overrides the detector's downscaling limit,
-        ``min_face`` its smallest face (pixels of the picture searched)."""
-        return self._detector.submit(_DetectRequest(image, max_side, min_face)).result()
+        ``min_face`` its smallest face (pixels of the picture searched). ``source`` (``app.inference``'s PHOTO, LIVE, VIDEO),
+        here and below: whose share of the service the work counts against."""
+        return self._detector.submit(_DetectRequest(image, max_side, min_face), source).result()
 
-    def detect_many(self, images: list[np.ndarray], max_side: int | None = None) -> list[list[Detection]]:
+    def detect_many(self, images: list[np.ndarray], max_side: int | None = None,
+                    source: str = PHOTO) -> list[list[Detection]]:
         requests = [_DetectRequest(image, max_side) for image in images]
-        return [f.result() for f in self._detector.submit_many(requests)]
+        return [f.result() for f in self._detector.submit_many(requests, source)]
 
-    def follow(self, image: np.ndarray, previous: Sequence[Detection]) -> list[Detection]:
+    def follow(self, image: np.ndarray, previous: Sequence[Detection], source: str = PHOTO) -> list[Detection]:
         """The faces of ``previous`` (the last frame's detections) where they are in ``image`` now,
         by MTCNN's last stage alone: one 48x48 pass per face instead of a whole-picture search. Finds no
         new faces; video mode runs a full :meth:`detect` every few frames for those."""
         if not previous:
             return []
         boxes = np.stack([d.box for d in previous])
-        return self._detector.submit(_DetectRequest(image, around=boxes)).result()
+        return self._detector.submit(_DetectRequest(image, around=boxes), source).result()
 
     def analyze(self, image: np.ndarray, detect: bool = True) -> Analysis:
         """Analyse one RGB uint8 picture.
@@ -296,25 +302,25 @@ class InferenceService:
         return Analysis(width=w, height=h, faces=faces, timings_ms=timings)
 
     def analyze_detections(self, image: np.ndarray, detections: Sequence[Detection],
-                           timings: dict[str, float] | None = None) -> list[Face]:
+                           timings: dict[str, float] | None = None, source: str = PHOTO) -> list[Face]:
         """Run the heads on faces already found in ``image`` (video and live reuse detections)."""
         t0 = time.perf_counter()
         jobs = [self._job_from_landmarks(image, d.landmarks) for d in detections]
         t1 = time.perf_counter()
-        preds = [f.result() for f in self._batcher.submit_many(jobs)]
+        preds = [f.result() for f in self._batcher.submit_many(jobs, source)]
         t2 = time.perf_counter()
         if timings is not None:
             timings["align"] = (t1 - t0) * 1000
             timings["models"] = (t2 - t1) * 1000
         return [_face(d, p, j) for d, p, j in zip(detections, preds, jobs)]
 
-    def analyze_many(self, images: Sequence[np.ndarray],
-                     detections: Sequence[Sequence[Detection]]) -> list[list[Face]]:
+    def analyze_many(self, images: Sequence[np.ndarray], detections: Sequence[Sequence[Detection]],
+                     source: str = PHOTO) -> list[list[Face]]:
         """The heads on the faces of several pictures (a chunk of video frames): every face is
         submitted before any answer is awaited, so faces of different frames share batches."""
         jobs = [self._job_from_landmarks(image, d.landmarks)
                 for image, found in zip(images, detections) for d in found]
-        answers = iter(zip([f.result() for f in self._batcher.submit_many(jobs)], jobs))
+        answers = iter(zip([f.result() for f in self._batcher.submit_many(jobs, source)], jobs))
         return [[_face(d, *next(answers)) for d in found] for found in detections]
 
     def explain(self, image: np.ndarray, face: Face) -> Explanation:
