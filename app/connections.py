@@ -21,6 +21,7 @@ import json
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 from werkzeug.exceptions import RequestTimeout
 
@@ -28,40 +29,51 @@ UPLOAD_SLOT_WAIT_S = 0.0
 
 
 class _Slots:
-    def __init__(self, size: int):
+    """``size`` slots, of which one client address holds at most ``per_address`` (0: no such bound)."""
+
+    def __init__(self, size: int, per_address: int = 0):
         self.size = int(size)
+        self.per_address = int(per_address)
         self.used = 0
+        self.by_address: dict[str, int] = {}
         self._freed = threading.Condition()
 
-    def take(self, wait_s: float = 0.0) -> bool:
+    def _full_for(self, address: str) -> bool:
+        return self.used >= self.size or 0 < self.per_address <= self.by_address.get(address, 0)
+
+    def take(self, address: str, wait_s: float = 0.0) -> bool:
         deadline = time.monotonic() + wait_s
         with self._freed:
-            while self.used >= self.size:
+            while self._full_for(address):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._freed.wait(left)
             self.used += 1
+            self.by_address[address] = self.by_address.get(address, 0) + 1
             return True
 
-    def give(self) -> None:
+    def give(self, address: str) -> None:
         with self._freed:
             self.used -= 1
-            self._freed.notify()
+            held = self.by_address.pop(address) - 1
+            if held:
+                self.by_address[address] = held
+            self._freed.notify_all()  # waiters may be of several addresses
 
 
 class _Once:
     """Gives a slot back once, whichever comes first: the body fully read, or the request's end."""
 
-    def __init__(self, slots: _Slots):
-        self._slots, self._done, self._lock = slots, False, threading.Lock()
+    def __init__(self, slots: _Slots, address: str):
+        self._slots, self._address, self._done, self._lock = slots, address, False, threading.Lock()
 
     def __call__(self) -> None:
         with self._lock:
             if self._done:
                 return
             self._done = True
-        self._slots.give()
+        self._slots.give(self._address)
 
 
 class _TimedInput:
@@ -103,28 +115,53 @@ def _busy(start_response, message: str):
     return [body]
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_sockets: int
+    max_uploads: int
+    body_timeout_s: float
+    sockets_per_address: int = 0  # 0: no bound per client address
+    uploads_per_address: int = 0
+
+    @classmethod
+    def from_config(cls, config) -> "ConnectionLimits":
+        return cls(max_sockets=int(config["MAX_SOCKET_CONNECTIONS"]),
+                   max_uploads=int(config["MAX_CONCURRENT_UPLOADS"]),
+                   body_timeout_s=float(config["REQUEST_BODY_TIMEOUT_S"]),
+                   sockets_per_address=int(config["MAX_SOCKETS_PER_ADDRESS"]),
+                   uploads_per_address=int(config["MAX_UPLOADS_PER_ADDRESS"]))
+
+    @property
+    def threads_held(self) -> int:
+        """The most gunicorn threads that sockets and uploads can hold at once."""
+        return self.max_sockets + self.max_uploads
+
+
 class ConnectionGuard:
-    def __init__(self, wsgi_app, max_sockets: int, max_uploads: int, body_timeout_s: float,
-                 socketio_path: str = "/socket.io/"):
+    def __init__(self, wsgi_app, limits: ConnectionLimits, socketio_path: str = "/socket.io/"):
         self.wsgi_app = wsgi_app
-        self.sockets = _Slots(max_sockets)
-        self.uploads = _Slots(max_uploads)
-        self.body_timeout_s = float(body_timeout_s)
+        self.limits = limits
+        self.sockets = _Slots(limits.max_sockets, limits.sockets_per_address)
+        self.uploads = _Slots(limits.max_uploads, limits.uploads_per_address)
+        self.body_timeout_s = float(limits.body_timeout_s)
         self.socketio_path = socketio_path
 
     def __call__(self, environ, start_response):
+        address = environ.get("REMOTE_ADDR") or ""
         if environ.get("PATH_INFO", "").startswith(self.socketio_path):
-            if not self.sockets.take():
-                return _busy(start_response, "the server holds its maximum of socket connections; try again shortly")
-            return self._run(environ, start_response, _Once(self.sockets))
+            if not self.sockets.take(address):
+                return _busy(start_response, "the server holds its maximum of socket connections (in all, or from "
+                                             "your address); try again shortly")
+            return self._run(environ, start_response, _Once(self.sockets, address))
         if _has_body(environ):
             sock = environ.get("gunicorn.socket")
             if sock is not None:  # also for a refusal: gunicorn may read the unread body before closing
                 sock.settimeout(self.body_timeout_s)
             # A burst of uploads waits a moment for a slot; slots free as soon as bodies are in.
-            if not self.uploads.take(wait_s=UPLOAD_SLOT_WAIT_S):
-                return _busy(start_response, "the server is receiving its maximum of uploads; try again shortly")
-            release = _Once(self.uploads)
+            if not self.uploads.take(address, wait_s=UPLOAD_SLOT_WAIT_S):
+                return _busy(start_response, "the server is receiving its maximum of uploads (in all, or from your "
+                                             "address); try again shortly")
+            release = _Once(self.uploads, address)
             length = environ.get("CONTENT_LENGTH") or ""
             environ["wsgi.input"] = _TimedInput(environ["wsgi.input"], int(length) if length.isdigit() else None,
                                                 release)

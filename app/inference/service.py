@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # batch: on the 2-core CPU, 8 live frames cost 1.4x less each than one at a time, and 8 live clients
 # get 1.8x the frames/s they got when detection took one picture at a time (bench/live_clients.py).
 DETECT_BATCH_SIZE = 8
+FOLLOW_BATCH_SIZE = 32  # pictures per O-net call when following (48x48 crops: cheap even together)
 
 BACKENDS = ("torch", "onnxruntime")
 # How long a face waits for companions when FACEAPP_MAX_WAIT_MS is unset. Heads' CPU time per face at
@@ -92,13 +93,19 @@ def _face(detection: Detection, prediction: FacePrediction, job: "_FaceJob") -> 
 
 @dataclass(frozen=True)
 class _DetectRequest:
-    """One picture for the detector worker: a full search, or (``around`` given) a refinement of
-    faces known from the previous frame."""
+    """One picture for the detector worker: a full search."""
 
     image: np.ndarray
     max_side: int | None = None
     min_face: int | None = None
-    around: np.ndarray | None = None  # (N, 4) boxes
+
+
+@dataclass(frozen=True)
+class _FollowRequest:
+    """One picture for the follower: faces known from the previous frame, found again near ``around``."""
+
+    image: np.ndarray
+    around: np.ndarray  # (N, 4) boxes
 
 
 @dataclass
@@ -175,12 +182,18 @@ class InferenceService:
         if self.backend == "onnxruntime":
             self._use_onnxruntime()
         # No waiting for companions (max_wait_ms=0): a lone picture is detected at once; under load,
-        # pictures queue while a batch runs and leave together in the next one.
-        # One source per detector batch: a video's cheap refinement does not wait for live searches
-        # batched with it. The heads mix sources: a fuller batch is cheaper per face.
+        # pictures queue while a batch runs and leave together in the next one. One source per search
+        # batch: a video's search does not wait for the live searches batched with it.
         self._detector: MicroBatcher[_DetectRequest, list[Detection]] = MicroBatcher(
             self._detect_batch, max_batch_size=DETECT_BATCH_SIZE, max_wait_ms=0, max_queue=settings.max_queue,
             name="detector", mix_sources=False)
+        # Following (O-net alone, a few ms) has its own worker: a video job follows its faces frame by
+        # frame, one call after the other, and behind whole-picture searches (~100 ms a batch under
+        # 16 live clients) each call waited that long (bench/soak.py).
+        self._follower: MicroBatcher[_FollowRequest, list[Detection]] = MicroBatcher(
+            self._follow_batch, max_batch_size=FOLLOW_BATCH_SIZE, max_wait_ms=0, max_queue=settings.max_queue,
+            name="follower")
+        # The heads mix sources: a fuller batch is cheaper per face.
         self._batcher: MicroBatcher[_FaceJob, FacePrediction] = MicroBatcher(
             self._predict_batch, max_batch_size=settings.max_batch_size, max_wait_ms=self.max_wait_ms,
             max_queue=settings.max_queue, name="face-heads")
@@ -271,7 +284,7 @@ class InferenceService:
         if not previous:
             return []
         boxes = np.stack([d.box for d in previous])
-        return self._detector.submit(_DetectRequest(image, around=boxes), source).result()
+        return self._follower.submit(_FollowRequest(image, boxes), source).result()
 
     def analyze(self, image: np.ndarray, detect: bool = True) -> Analysis:
         """Analyse one RGB uint8 picture.
@@ -343,6 +356,7 @@ class InferenceService:
 
     def close(self) -> None:
         self._detector.close()
+        self._follower.close()
         self._batcher.close()
 
     @property
@@ -352,22 +366,20 @@ class InferenceService:
     # -- internals ------------------------------------------------------------------------------
     def _detect_batch(self, requests: list[_DetectRequest]) -> list[list[Detection]]:
         """One MTCNN call per downscaling limit and smallest face asked for (live frames and photos ask
-        for their own), and one O-net call for every refinement in the batch."""
+        for their own)."""
         results: list[list[Detection]] = [[] for _ in requests]
-        groups: dict[tuple[str, int | None, int | None], list[int]] = {}
+        groups: dict[tuple[int | None, int | None], list[int]] = {}
         for i, request in enumerate(requests):
-            key = (("follow", None, None) if request.around is not None
-                   else ("search", request.max_side, request.min_face))
-            groups.setdefault(key, []).append(i)
-        for (kind, max_side, min_face), indices in groups.items():
-            images = [requests[i].image for i in indices]
-            if kind == "follow":
-                found = self.detector.refine_many(images, [requests[i].around for i in indices])
-            else:
-                found = self.detector.detect_many(images, max_side, min_face)
+            groups.setdefault((request.max_side, request.min_face), []).append(i)
+        for (max_side, min_face), indices in groups.items():
+            found = self.detector.detect_many([requests[i].image for i in indices], max_side, min_face)
             for i, detections in zip(indices, found):
                 results[i] = detections
         return results
+
+    def _follow_batch(self, requests: list[_FollowRequest]) -> list[list[Detection]]:
+        """One O-net call for every face of every picture in the batch."""
+        return self.detector.refine_many([r.image for r in requests], [r.around for r in requests])
 
     def _job_from_landmarks(self, image: np.ndarray, landmarks: np.ndarray) -> _FaceJob:
         return _FaceJob(emotion_crop=align_face(image, landmarks, self.emotion.card.preprocess),
