@@ -3,27 +3,33 @@
 The server runs a thread per request (gunicorn's gthread worker), and a Socket.IO connection holds its
 thread for as long as it lives (a websocket; a long-poll for up to its ping interval). So:
 
-- Socket.IO connections, on every namespace or none, are bounded all together (``MAX_SOCKET_CONNECTIONS``);
-  beyond it a connection attempt is answered at once with 503 ``busy``.
-- Requests whose body is being received are bounded (``MAX_CONCURRENT_UPLOADS``; a slot is free again
-  as soon as the body is in): beyond it, after a 2 s wait for a slot, 503 ``busy`` before any of the body
-  is read.
+- Socket.IO connections, on every namespace or none, are bounded all together (``MAX_SOCKET_CONNECTIONS``,
+  256), and one client address holds at most ``MAX_SOCKETS_PER_ADDRESS`` (32) of them; beyond either a
+  connection attempt is answered at once with 503 ``busy``.
+- Requests whose body is being received are bounded the same way (``MAX_CONCURRENT_UPLOADS``, 64;
+  ``MAX_UPLOADS_PER_ADDRESS``, 16; a slot is free again as soon as the body is in): beyond it 503 ``busy``
+  before any of the body is read.
 - A request body must keep arriving: a read that waits more than ``REQUEST_BODY_TIMEOUT_S`` for the next
   bytes ends the request with 408 ``request_timeout`` (gunicorn reads bodies with no timeout of its own).
+- A Socket.IO connection that has joined no namespace ``SOCKET_JOIN_GRACE_S`` after it opened is closed.
 
-The gunicorn threads left over (threads - sockets - uploads) keep answering ``/healthz``, pages and
-quick API calls whatever those clients do. What a thread per socket cannot give: once the socket bound
-is taken by idle connections, a new live client is refused ``busy`` until one leaves (see README).
+gunicorn's threads are sized for both bounds and 32 more (``THREADS``, app/config.py; a thread blocked
+on an idle socket costs little memory: README, Benchmarks, Connections), and those keep answering
+``/healthz``, pages, quick API calls and new live clients whatever idle or slow clients do.
 """
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from werkzeug.exceptions import RequestTimeout
+
+log = logging.getLogger(__name__)
 
 UPLOAD_SLOT_WAIT_S = 0.0
 
@@ -216,15 +222,44 @@ def close_connections_without_namespace(server, namespaces: list[str], grace_s: 
     joined none, or every join was refused: busy, unauthorized) is closed, so that idle connections
     cannot keep the socket slots from live clients. ``server`` is the python-socketio server."""
     connected = server._handle_eio_connect  # python-socketio's own engine.io connect handler
+    deadlines = _JoinDeadlines(lambda eio_sid: _close_if_idle(server, eio_sid, namespaces), grace_s)
 
     def on_connect(eio_sid, environ, *args):
         result = connected(eio_sid, environ, *args)
-        timer = threading.Timer(grace_s, _close_if_idle, (server, eio_sid, namespaces))
-        timer.daemon = True
-        timer.start()
+        deadlines.add(eio_sid)
         return result
 
     server.eio.on("connect", on_connect)
+
+
+class _JoinDeadlines:
+    """One thread that calls ``check(eio_sid)`` ``grace_s`` after each connection opened. (A timer
+    thread per connection cost a thread per idle client: 200 re-opened websockets held ~200 more.)"""
+
+    def __init__(self, check, grace_s: float):
+        self._check, self._grace_s = check, float(grace_s)
+        self._due: deque[tuple[float, str]] = deque()  # in order: the grace is the same for all
+        self._added = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, eio_sid: str) -> None:
+        with self._added:
+            self._due.append((time.monotonic() + self._grace_s, eio_sid))
+            if self._thread is None:  # started on first use: after gunicorn forks its worker
+                self._thread = threading.Thread(target=self._run, name="socket-join-deadlines", daemon=True)
+                self._thread.start()
+            self._added.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._added:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._added.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                _, eio_sid = self._due.popleft()
+            try:
+                self._check(eio_sid)
+            except Exception:  # noqa: BLE001 - a failed check must not stop the others
+                log.exception("closing idle socket connection %s failed", eio_sid)
 
 
 def _close_if_idle(server, eio_sid: str, namespaces: list[str]) -> None:

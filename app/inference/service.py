@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from app.inference import PHOTO
+from app.inference import PHOTO, SOURCE_WEIGHTS
 from app.inference.batching import MicroBatcher
 from app.inference.explain import (Explanation, crop_matrix, heat_from_drops, heat_on_box, occlusion_batch,
                                    render_png)
@@ -186,17 +186,17 @@ class InferenceService:
         # batch: a video's search does not wait for the live searches batched with it.
         self._detector: MicroBatcher[_DetectRequest, list[Detection]] = MicroBatcher(
             self._detect_batch, max_batch_size=DETECT_BATCH_SIZE, max_wait_ms=0, max_queue=settings.max_queue,
-            name="detector", mix_sources=False)
+            name="detector", mix_sources=False, weights=SOURCE_WEIGHTS)
         # Following (O-net alone, a few ms) has its own worker: a video job follows its faces frame by
         # frame, one call after the other, and behind whole-picture searches (~100 ms a batch under
         # 16 live clients) each call waited that long (bench/soak.py).
         self._follower: MicroBatcher[_FollowRequest, list[Detection]] = MicroBatcher(
             self._follow_batch, max_batch_size=FOLLOW_BATCH_SIZE, max_wait_ms=0, max_queue=settings.max_queue,
-            name="follower")
+            name="follower", weights=SOURCE_WEIGHTS)
         # The heads mix sources: a fuller batch is cheaper per face.
         self._batcher: MicroBatcher[_FaceJob, FacePrediction] = MicroBatcher(
             self._predict_batch, max_batch_size=settings.max_batch_size, max_wait_ms=self.max_wait_ms,
-            max_queue=settings.max_queue, name="face-heads")
+            max_queue=settings.max_queue, name="face-heads", weights=SOURCE_WEIGHTS)
         self.ready = False
         self._warm_up()
         self.ready = True
