@@ -222,7 +222,13 @@ def close_connections_without_namespace(server, namespaces: list[str], grace_s: 
     joined none, or every join was refused: busy, unauthorized) is closed, so that idle connections
     cannot keep the socket slots from live clients. ``server`` is the python-socketio server."""
     connected = server._handle_eio_connect  # python-socketio's own engine.io connect handler
-    deadlines = _JoinDeadlines(lambda eio_sid: _close_if_idle(server, eio_sid, namespaces), grace_s)
+
+    def check(eio_sid: str) -> None:
+        if _is_idle(server, eio_sid, namespaces):
+            # engine.io's close can wait seconds on the client: on a thread of its own, not the sweeper's.
+            threading.Thread(target=_close, args=(server, eio_sid), name="socket-close", daemon=True).start()
+
+    deadlines = _JoinDeadlines(check, grace_s)
 
     def on_connect(eio_sid, environ, *args):
         result = connected(eio_sid, environ, *args)
@@ -262,9 +268,15 @@ class _JoinDeadlines:
                 log.exception("closing idle socket connection %s failed", eio_sid)
 
 
-def _close_if_idle(server, eio_sid: str, namespaces: list[str]) -> None:
+def _is_idle(server, eio_sid: str, namespaces: list[str]) -> bool:
+    """Still open, and in none of ``namespaces``."""
+    return (server.environ.get(eio_sid) is not None
+            and not any(server.manager.sid_from_eio_sid(eio_sid, ns) for ns in namespaces))
+
+
+def _close(server, eio_sid: str) -> None:
     environ = server.environ.get(eio_sid)
-    if environ is None or any(server.manager.sid_from_eio_sid(eio_sid, ns) for ns in namespaces):
+    if environ is None:
         return
     server.eio.disconnect(eio_sid)
     # engine.io's close waits for the client to close its side of a websocket, and the connection
