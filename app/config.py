@@ -103,8 +103,8 @@ class Config:
 
     # Connections (app/connections.py): gunicorn has a thread per request and a Socket.IO connection
     # holds one while it lives. The threads are sized for the sockets and uploads allowed, plus 32 that
-    # answer /healthz, pages and quick calls whatever slow or idle clients do (threads blocked on a socket
-    # cost ~0.1 MB each: README, Benchmarks, Connections). One client address holds a share of each.
+    # answer /healthz, pages and quick calls whatever slow or idle clients do (an idle connection's blocked
+    # threads cost ~0.2 MB: README, Benchmarks, Connections). One client address holds a share of each.
     MAX_SOCKET_CONNECTIONS = _int("MAX_SOCKET_CONNECTIONS", 256)  # every namespace, or none, together
     MAX_CONCURRENT_UPLOADS = _int("MAX_CONCURRENT_UPLOADS", 64)  # requests whose body is being received
     MAX_SOCKETS_PER_ADDRESS = _int("MAX_SOCKETS_PER_ADDRESS", 32)  # 0: no bound (behind a proxy: limit there)

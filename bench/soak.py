@@ -11,7 +11,7 @@ the other, and ``--video-loops`` clients upload the clip, wait for its job to fi
 again and again. Every 10 s the gunicorn worker's RSS, thread count and open files are sampled.
 
 Reported: errors by kind (any answer that is not the expected one), RSS first / last and its spread
-over the last two thirds of the run (target: within +-5%), threads and open files (first, last, max),
+over the last two thirds of the run (target: within +-5%), the machine's load (other work on it), threads and open files (first, last, max),
 live acknowledgement p50/p95, photo p50/p95, video jobs under load: count and median time, as a ratio to
 the job alone (target: within 4x), both from upload to done and while running (the server runs one job
 at a time, VIDEO_WORKERS=1, so with two video loops each job also waits for the other's).
@@ -182,7 +182,9 @@ def main(argv=None) -> dict:
         while time.monotonic() < end:
             time.sleep(SAMPLE_EVERY_S)
             sample = {"t_s": round(time.monotonic() - t0), "rss_mb": round(rss_mb(pid), 1),
-                      "threads": thread_count(pid), "open_files": open_files(pid)}
+                      "threads": thread_count(pid), "open_files": open_files(pid),
+                      # the machine's 1-minute load: other work on it shows here
+                      "load_1min": float(Path("/proc/loadavg").read_text().split()[0])}
             samples.append(sample)
             print(f"  {sample}  errors {tally.errors}", flush=True)
         stop.set()
@@ -197,6 +199,8 @@ def main(argv=None) -> dict:
                     "max": max(s["threads"] for s in samples)},
         "open_files": {"first": samples[0]["open_files"], "last": samples[-1]["open_files"],
                        "max": max(s["open_files"] for s in samples)},
+        "load_1min": {"median": statistics.median(s["load_1min"] for s in samples),
+                      "max": max(s["load_1min"] for s in samples)},
         "live_ack_ms": {"p50": round(percentile(tally.live_ms, 50), 1), "p95": round(percentile(tally.live_ms, 95), 1),
                         "frames": len(tally.live_ms)},
         "photo_ms": {"p50": round(percentile(tally.photo_ms, 50), 1), "p95": round(percentile(tally.photo_ms, 95), 1),
