@@ -10,9 +10,9 @@ it, and a lone request on an idle service pays at most ``max_wait_ms``. The queu
 
 Sources share the worker fairly (:class:`FairQueue`): each item names its source (the service uses
 "photo", "live", "video"), and the batch that leaves next is led by the source that has had the least
-of the worker's time so far. A plain FIFO gave the worker to whoever queued most: a video job, which
-asks for one frame at a time, waited behind every live client's frame at each step, and took 56x its
-time alone under 16 live clients (bench/soak.py).
+of the worker's time (weighted). A plain FIFO gave the worker to whoever queued most: a video job, which
+asks for a chunk of frames and waits for the answer before the next, waited behind every live client's
+frame at each step, and took 56x its time alone under 16 live clients (bench/soak.py).
 """
 from __future__ import annotations
 
@@ -63,16 +63,15 @@ class FairQueue(Generic[T]):
     Each source has a virtual clock that its own work advances by ``cost / weight``. The next batch is
     led by the waiting source whose clock is earliest (ties: the one whose oldest item came first). A
     source that was idle joins at the virtual time of the batch in service, so it can bank no credit
-    while idle, and is served after at most the batch in flight: a source that asks for one small item
-    at a time (a video job following faces frame by frame) is not made to wait behind everyone else's
-    backlog. Between sources that all have work waiting, the worker's time is shared in proportion to
+    while idle, and is served after at most the batch in flight: a source that asks for a few items at
+    a time (a video job, chunk by chunk) is not made to wait behind everyone else's backlog. Between sources that all have work waiting, the worker's time is shared in proportion to
     their weights.
 
     With ``mix_sources`` a batch that its leader does not fill is topped up from the other sources
     (by the same order), each charged its items' share of the batch's cost: batching across callers is
     kept where a fuller batch is cheaper per item (the face heads). Without it a batch holds one
-    source's items (the detector, where a cheap refinement would otherwise wait for the whole-picture
-    searches batched with it).
+    source's items (the detector: a video's search does not wait for the live searches batched with it,
+    and 16 live clients' frames still share a batch).
 
     Not thread-safe; :class:`MicroBatcher` holds a lock around it. No clock inside: costs are given.
     """
@@ -94,7 +93,8 @@ class FairQueue(Generic[T]):
         return self._size
 
     def push(self, request: _Request[T]) -> bool:
-        """Queues ``request`` under its source; False (and nothing queued) when that source is full."""
+        """Queues ``request`` under its source; False (and nothing queued) when that source is full.
+        A source's weight (default 1) is its share of the worker against the others'."""
         state = self._sources.get(request.source)
         if state is None:
             state = self._sources[request.source] = _SourceState(weight=float(self.weights.get(request.source, 1.0)))

@@ -242,7 +242,7 @@ class InferenceService:
         self.detect(blank)
         job = self._job_from_crop(blank)
         for _ in range(2):
-            self._batcher.submit(job).result()
+            self._batcher.submit(job, PHOTO).result()
 
     # -- public API -----------------------------------------------------------------------------
     @property
@@ -268,8 +268,8 @@ class InferenceService:
     def detect(self, image: np.ndarray, max_side: int | None = None, min_face: int | None = None,
                source: str = PHOTO) -> list[Detection]:
         """Faces in one picture, best first; ``max_side`` overrides the detector's downscaling limit,
-        ``min_face`` its smallest face (pixels of the picture searched). ``source`` (``app.inference``'s PHOTO, LIVE, VIDEO),
-        here and below: whose share of the service the work counts against."""
+        ``min_face`` its smallest face (pixels of the picture searched). ``source``, here and below: whose
+        share of the service the work counts against (``app.inference``'s PHOTO, LIVE or VIDEO)."""
         return self._detector.submit(_DetectRequest(image, max_side, min_face), source).result()
 
     def detect_many(self, images: list[np.ndarray], max_side: int | None = None,
@@ -305,7 +305,7 @@ class InferenceService:
         if detect:
             faces = self.analyze_detections(image, detections, timings)
         else:
-            pred = self._batcher.submit(self._job_from_crop(image)).result()
+            pred = self._batcher.submit(self._job_from_crop(image), PHOTO).result()
             t2 = time.perf_counter()
             timings["align"] = 0.0
             timings["models"] = (t2 - t1) * 1000
