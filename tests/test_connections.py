@@ -63,3 +63,17 @@ def test_one_address_holds_at_most_its_share_of_the_upload_slots():
     assert _call(guard, "10.0.0.1", "/api/v1/images", b"x" * 10)[0] == "200 OK"
     assert during[0].startswith("503") and during[1] == "200 OK"
     assert guard.uploads.used == 0 and guard.uploads.by_address == {}
+
+
+def test_the_default_threads_leave_room_beyond_the_bounds_and_too_few_are_warned(caplog):
+    from types import SimpleNamespace
+
+    from app import gunicorn_hooks
+    from app.config import Config
+
+    assert gunicorn_hooks.threads == Config.THREADS
+    assert Config.THREADS - Config.MAX_SOCKET_CONNECTIONS - Config.MAX_CONCURRENT_UPLOADS >= 32
+    for threads, warned in ((Config.THREADS, False), (32, True)):
+        caplog.clear()
+        gunicorn_hooks.post_worker_init(SimpleNamespace(cfg=SimpleNamespace(threads=threads), wsgi=None, sockets=[]))
+        assert any("idle or slow clients" in r.getMessage() for r in caplog.records) == warned
