@@ -44,5 +44,5 @@ ENV VIDEO_DIR=/data/videos
 USER faceapp
 EXPOSE 5000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:5000/readyz').status != 200)"
-# gunicorn, one worker with 32 threads; /readyz answers 503 until the models are loaded
+# gunicorn, one worker with THREADS threads (352: the connection bounds + 32); /readyz answers 503 until the models are loaded
 CMD ["faceapp", "serve", "--host", "0.0.0.0", "--port", "5000"]

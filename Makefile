@@ -8,14 +8,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 5000
-THREADS ?= 32
+THREADS ?=
 TORCH_VARIANT ?= cuda
 ARGS ?=
 
 .PHONY: run analyze test install install-dev bench clean
 
 run: install $(VENV)/.faceapp-installed
-	$(VENV)/bin/faceapp serve --host $(HOST) --port $(PORT) --threads $(THREADS)
+	$(VENV)/bin/faceapp serve --host $(HOST) --port $(PORT) $(if $(THREADS),--threads $(THREADS))
 
 analyze: install $(VENV)/.faceapp-installed
 	$(VENV)/bin/faceapp analyze $(ARGS)

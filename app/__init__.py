@@ -46,7 +46,7 @@ def create_app(config_class: type = Config, service=None) -> Flask:
                       namespaces=SOCKET_NAMESPACES, client_manager=socket_client_manager(app.config))
 
     from app import cli, errors, live, security, video
-    from app.connections import ConnectionGuard, close_connections_without_namespace
+    from app.connections import ConnectionGuard, ConnectionLimits, close_connections_without_namespace
     from app.api import bp as api_bp
     from app.api.health import probes
     from app.photo import bp as photo_bp
@@ -54,8 +54,7 @@ def create_app(config_class: type = Config, service=None) -> Flask:
 
     errors.init_app(app)
     socketio.on_error_default(errors.socket_error)  # /live has its own (its acks carry "seq")
-    app.wsgi_app = ConnectionGuard(app.wsgi_app, app.config["MAX_SOCKET_CONNECTIONS"],
-                                   app.config["MAX_CONCURRENT_UPLOADS"], app.config["REQUEST_BODY_TIMEOUT_S"])
+    app.wsgi_app = ConnectionGuard(app.wsgi_app, ConnectionLimits.from_config(app.config))
     close_connections_without_namespace(socketio.server, SOCKET_NAMESPACES, app.config["SOCKET_JOIN_GRACE_S"])
     limiter = security.init_app(app)  # after socketio.init_app: its headers wrap Socket.IO's answers too
     cli.init_app(app)

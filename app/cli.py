@@ -59,7 +59,7 @@ def _csv_rows(path: str, result: dict) -> list[dict]:
 def analyze_command(paths: tuple[str, ...], no_detect: bool, fmt: str) -> None:
     """Analyse image files and folders; print JSON lines (or CSV) to stdout."""
     service = get_service()
-    max_pixels = current_app.config["MAX_IMAGE_PIXELS"]
+    max_pixels, max_side = current_app.config["MAX_IMAGE_PIXELS"], current_app.config["DECODE_MAX_SIDE"]
     out = sys.stdout  # read at call time: the CLI runner swaps it in tests
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS) if fmt == "csv" else None
     if writer:
@@ -67,8 +67,10 @@ def analyze_command(paths: tuple[str, ...], no_detect: bool, fmt: str) -> None:
     analysed = 0
     for path in iter_image_paths(paths):
         try:
-            decoded = decode_image(path.read_bytes(), max_pixels)
-            result = service.analyze(decoded.pixels, detect=not no_detect).to_dict()
+            # Reduced as the API decodes it (app/imaging.py); boxes come back in the picture's own pixels.
+            decoded = decode_image(path.read_bytes(), max_pixels, max_side)
+            analysis = service.analyze(decoded.pixels, detect=not no_detect)
+            result = analysis.rescaled(*decoded.scale, decoded.width, decoded.height).to_dict()
             result.pop("timings_ms", None)
             analysed += 1
         except ImageError as exc:

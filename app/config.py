@@ -103,11 +103,15 @@ class Config:
     SESSION_COOKIE_SAMESITE = "Strict"  # the login session never rides on another site's request
     SESSION_COOKIE_SECURE = os.environ.get("SESSION_COOKIE_SECURE", "").strip().lower() in ("1", "true", "yes")
 
-    # Connections (app/connections.py): gunicorn has a thread per request (make run: 32) and a Socket.IO
-    # connection holds one while it lives. Sockets (every namespace) + uploads stay below the threads,
-    # so that the rest answer /healthz, pages and quick calls whatever slow or idle clients do.
-    MAX_SOCKET_CONNECTIONS = _int("MAX_SOCKET_CONNECTIONS", 20)  # >= MAX_LIVE_CLIENTS, + video watchers
-    MAX_CONCURRENT_UPLOADS = _int("MAX_CONCURRENT_UPLOADS", 8)  # requests whose body is being received
+    # Connections (app/connections.py): gunicorn has a thread per request and a Socket.IO connection
+    # holds one while it lives. The threads are sized for the sockets and uploads allowed, plus 32 that
+    # answer /healthz, pages and quick calls whatever slow or idle clients do (an idle connection's blocked
+    # threads cost ~0.2 MB: README, Benchmarks, Connections). One client address holds a share of each.
+    MAX_SOCKET_CONNECTIONS = _int("MAX_SOCKET_CONNECTIONS", 256)  # every namespace, or none, together
+    MAX_CONCURRENT_UPLOADS = _int("MAX_CONCURRENT_UPLOADS", 64)  # requests whose body is being received
+    MAX_SOCKETS_PER_ADDRESS = _int("MAX_SOCKETS_PER_ADDRESS", 32)  # 0: no bound (behind a proxy: limit there)
+    MAX_UPLOADS_PER_ADDRESS = _int("MAX_UPLOADS_PER_ADDRESS", 16)
+    THREADS = _int("THREADS", MAX_SOCKET_CONNECTIONS + MAX_CONCURRENT_UPLOADS + 32)  # gunicorn's, one worker
     REQUEST_BODY_TIMEOUT_S = _float("REQUEST_BODY_TIMEOUT_S", 15.0)  # longest pause inside a request body
     SOCKET_JOIN_GRACE_S = _float("SOCKET_JOIN_GRACE_S", 10.0)  # a socket in no namespace after this is closed
 

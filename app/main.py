@@ -15,7 +15,7 @@ import click
 from flask.cli import ScriptInfo
 
 from app import __version__
-from app.config import ROOT
+from app.config import ROOT, Config
 
 
 def _check_checkout() -> None:
@@ -68,9 +68,9 @@ def cli(ctx: click.Context) -> None:
               help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=lambda: int(os.environ.get("PORT", "5000")),
               show_default="5000 or $PORT")
-@click.option("--threads", type=click.IntRange(1), default=lambda: int(os.environ.get("THREADS", "32")),
-              show_default="32 or $THREADS",
-              help="Request threads; each live client holds one while connected (MAX_LIVE_CLIENTS, 16 by default).")
+@click.option("--threads", type=click.IntRange(1), default=lambda: Config.THREADS,
+              show_default="$THREADS, or MAX_SOCKET_CONNECTIONS + MAX_CONCURRENT_UPLOADS + 32: 352",
+              help="Request threads; each socket connection and each upload being received holds one.")
 @click.option("--timeout", type=click.IntRange(1), default=120, show_default=True,
               help="Seconds a request may run before gunicorn restarts the worker.")
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)

@@ -69,7 +69,9 @@ def worker_pid(port: int) -> int:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if f"127.0.0.1:{port}" in cmdline and "gunicorn" in cmdline:
+        # gunicorn's own title when setproctitle is installed, else the command line of ``faceapp serve``
+        if (f"127.0.0.1:{port}" in cmdline and "gunicorn" in cmdline) or (" serve " in cmdline
+                                                                         and f"--port {port} " in cmdline):
             serving.append(int(entry.name))
             parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
     workers = [pid for pid in serving if parents[pid] in serving]

@@ -63,10 +63,11 @@ def readiness(base_url: str) -> dict | None:
         return None
 
 
-def serve_command(port: int, threads: int = 32) -> list[str]:
-    """``faceapp serve`` on a loopback port, without gunicorn's control socket (servers run side by side)."""
+def serve_command(port: int, threads: int | None = None) -> list[str]:
+    """``faceapp serve`` on a loopback port (``threads``: its default unless given), without gunicorn's
+    control socket (servers run side by side)."""
     return [sys.executable, "-m", "app.main", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--threads", str(threads), "--", "--no-control-socket"]
+            *(["--threads", str(threads)] if threads else []), "--", "--no-control-socket"]
 
 
 class ServerProcess:
@@ -145,7 +146,7 @@ class WorkerProcess(ServerProcess):
 
 
 @contextmanager
-def gunicorn(env: dict[str, str] | None = None, threads: int = 32,
+def gunicorn(env: dict[str, str] | None = None, threads: int | None = None,
              timeout_s: float = 180) -> Iterator[tuple[str, dict]]:
     """The app under gunicorn on a free loopback port, on the CPU unless ``env`` says otherwise;
     yields (base URL, its /readyz answer) and stops the server on exit."""

@@ -5,7 +5,10 @@ import csv
 import io
 import json
 
-from helpers import encode
+import cv2
+from helpers import ASTRONAUT_FACE, TestConfig, box_iou, encode
+
+from app import create_app
 
 
 def test_analyze_folder_as_jsonl_skips_bad_files(runner, tmp_path, astronaut, side_by_side):
@@ -49,3 +52,23 @@ def test_the_worker_needs_redis_and_says_so(runner, monkeypatch):
     monkeypatch.setattr(Config, "REDIS_URL", "")
     result = runner.invoke(args=["worker"])
     assert result.exit_code == 1 and "set REDIS_URL" in result.output
+
+
+def test_analyze_decodes_large_photos_reduced_as_the_api_does(service, tmp_path, astronaut, monkeypatch):
+    """The CLI reads big photos at most DECODE_MAX_SIDE pixels a side, and reports boxes in the photo's
+    own pixels."""
+    class Reduced(TestConfig):
+        DECODE_MAX_SIDE = 600
+
+    seen = []
+    analyze = service.analyze
+    monkeypatch.setattr(service, "analyze", lambda pixels, **kw: seen.append(pixels.shape) or analyze(pixels, **kw))
+    path = tmp_path / "big.jpg"
+    path.write_bytes(encode(cv2.resize(astronaut, (1536, 1536), interpolation=cv2.INTER_CUBIC)))
+    result = create_app(Reduced, service=service).test_cli_runner().invoke(args=["analyze", str(path)])
+    assert result.exit_code == 0, result.output
+    (line,) = [json.loads(text) for text in result.stdout.splitlines()]
+    assert max(seen[0][:2]) <= 600
+    assert (line["width"], line["height"]) == (1536, 1536)
+    (face,) = line["faces"]
+    assert box_iou(face["box"], [v * 3 for v in ASTRONAUT_FACE]) > 0.6, face["box"]

@@ -41,12 +41,12 @@ class CountingService:
     def __init__(self, service):
         self.service, self.searched = service, 0
 
-    def detect_many(self, images, max_side=None):
+    def detect_many(self, images, max_side=None, source="photo"):
         self.searched += len(images)
-        return self.service.detect_many(images, max_side)
+        return self.service.detect_many(images, max_side, source)
 
-    def follow(self, image, previous):
-        return self.service.follow(image, previous)
+    def follow(self, image, previous, source="photo"):
+        return self.service.follow(image, previous, source)
 
 
 def test_followed_frames_agree_with_a_full_search(service, astronaut):

@@ -402,3 +402,18 @@ def test_beyond_the_client_limit_a_busy_event_and_a_refusal(server, astronaut_jp
     # Once a place is free, the next client gets in.
     with LiveClient(url) as later:
         assert later.send({"seq": 0, "image": astronaut_jpeg})["seq"] == 0
+
+
+def test_live_work_counts_against_the_live_share_of_every_worker(live, service, astronaut_jpeg, monkeypatch):
+    """The service's workers share their time between photo, live and video (app/inference/batching.py):
+    a live frame's search, following and heads are submitted as live work."""
+    from app.inference import LIVE
+
+    kinds = []
+    for batcher in (service._detector, service._follower, service._batcher):
+        submit = batcher.submit
+        monkeypatch.setattr(batcher, "submit", lambda item, source="default", submit=submit, name=batcher._thread.name:
+                            kinds.append((name, source)) or submit(item, source))
+    for seq in range(2):  # a search, then a follow
+        assert len(send(live, {"seq": seq, "image": astronaut_jpeg})["faces"]) == 1
+    assert set(kinds) == {("detector", LIVE), ("follower", LIVE), ("face-heads", LIVE)}

@@ -577,3 +577,18 @@ def test_the_openapi_alpha_range_is_the_servers(video_client, clip):
         assert response.status_code == status, (value, response.get_json())
         if status == 202:
             delete_video(video_client, response.get_json())
+
+
+def test_video_work_counts_against_the_video_share_of_every_worker(video_client, service, clip, monkeypatch):
+    """The service's workers share their time between photo, live and video (app/inference/batching.py):
+    a job's searches, following and heads are submitted as video work."""
+    from app.inference import VIDEO
+
+    kinds = []
+    for batcher in (service._detector, service._follower, service._batcher):
+        submit = batcher.submit
+        monkeypatch.setattr(batcher, "submit", lambda item, source="default", submit=submit, name=batcher._thread.name:
+                            kinds.append((name, source)) or submit(item, source))
+    response = post_video(video_client, clip.read_bytes(), "face.mp4")
+    assert wait_done(video_client, response.get_json()["id"])["status"] == "done"
+    assert set(kinds) == {("detector", VIDEO), ("follower", VIDEO), ("face-heads", VIDEO)}

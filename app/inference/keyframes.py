@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from app.inference import PHOTO
 from app.tracking import greedy_match
 from models.detector import Detection
 
@@ -32,14 +33,16 @@ class KeyframeDetector:
             1 searches every frame (no following).
         max_side: searches run on the frame downscaled to this longer side (``None``: the detector's
             default); following always reads the full frame.
+        source: whose share of the service the detections count against (``app.inference.LIVE``, ``VIDEO``).
     """
 
-    def __init__(self, service, search_every: int, max_side: int | None = None):
+    def __init__(self, service, search_every: int, max_side: int | None = None, source: str = PHOTO):
         if search_every < 1:
             raise ValueError("search_every must be at least 1")
         self.service = service
         self.search_every = int(search_every)
         self.max_side = max_side
+        self.source = source
         self.frames_seen = 0
         self.searches = 0
         self._last: list[Detection] = []
@@ -50,12 +53,13 @@ class KeyframeDetector:
         frames of the call go through the detector together (same-size frames share an MTCNN batch)."""
         first = self.frames_seen
         searched_at = [k for k in range(len(frames)) if (first + k) % self.search_every == 0]
-        searched = dict(zip(searched_at, self.service.detect_many([frames[k] for k in searched_at], self.max_side)))
+        searched = dict(zip(searched_at, self.service.detect_many([frames[k] for k in searched_at], self.max_side,
+                                                                        source=self.source)))
         self.searches += len(searched_at)
         out: list[list[Detection]] = []
         for k, frame in enumerate(frames):
             predicted = [replace(d, box=d.box + v) for d, v in zip(self._last, self._velocity)]
-            found = searched[k] if k in searched else self.service.follow(frame, predicted)
+            found = searched[k] if k in searched else self.service.follow(frame, predicted, source=self.source)
             self._velocity = self._motion(predicted, found)
             self._last = found
             out.append(found)

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from app.inference import PHOTO, SOURCE_WEIGHTS
 from app.inference.batching import MicroBatcher
 from app.inference.explain import (Explanation, crop_matrix, heat_from_drops, heat_on_box, occlusion_batch,
                                    render_png)
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 # batch: on the 2-core CPU, 8 live frames cost 1.4x less each than one at a time, and 8 live clients
 # get 1.8x the frames/s they got when detection took one picture at a time (bench/live_clients.py).
 DETECT_BATCH_SIZE = 8
+FOLLOW_BATCH_SIZE = 32  # pictures per O-net call when following (48x48 crops: cheap even together)
 
 BACKENDS = ("torch", "onnxruntime")
 # How long a face waits for companions when FACEAPP_MAX_WAIT_MS is unset. Heads' CPU time per face at
@@ -91,13 +93,19 @@ def _face(detection: Detection, prediction: FacePrediction, job: "_FaceJob") -> 
 
 @dataclass(frozen=True)
 class _DetectRequest:
-    """One picture for the detector worker: a full search, or (``around`` given) a refinement of
-    faces known from the previous frame."""
+    """One picture for the detector worker: a full search."""
 
     image: np.ndarray
     max_side: int | None = None
     min_face: int | None = None
-    around: np.ndarray | None = None  # (N, 4) boxes
+
+
+@dataclass(frozen=True)
+class _FollowRequest:
+    """One picture for the follower: faces known from the previous frame, found again near ``around``."""
+
+    image: np.ndarray
+    around: np.ndarray  # (N, 4) boxes
 
 
 @dataclass
@@ -174,13 +182,21 @@ class InferenceService:
         if self.backend == "onnxruntime":
             self._use_onnxruntime()
         # No waiting for companions (max_wait_ms=0): a lone picture is detected at once; under load,
-        # pictures queue while a batch runs and leave together in the next one.
+        # pictures queue while a batch runs and leave together in the next one. One source per search
+        # batch: a video's search does not wait for the live searches batched with it.
         self._detector: MicroBatcher[_DetectRequest, list[Detection]] = MicroBatcher(
             self._detect_batch, max_batch_size=DETECT_BATCH_SIZE, max_wait_ms=0, max_queue=settings.max_queue,
-            name="detector")
+            name="detector", mix_sources=False, weights=SOURCE_WEIGHTS)
+        # Following (O-net alone, a few ms) has its own worker: a video job follows its faces frame by
+        # frame, one call after the other, and behind whole-picture searches (~100 ms a batch under
+        # 16 live clients) each call waited that long (bench/soak.py).
+        self._follower: MicroBatcher[_FollowRequest, list[Detection]] = MicroBatcher(
+            self._follow_batch, max_batch_size=FOLLOW_BATCH_SIZE, max_wait_ms=0, max_queue=settings.max_queue,
+            name="follower", weights=SOURCE_WEIGHTS)
+        # The heads mix sources: a fuller batch is cheaper per face.
         self._batcher: MicroBatcher[_FaceJob, FacePrediction] = MicroBatcher(
             self._predict_batch, max_batch_size=settings.max_batch_size, max_wait_ms=self.max_wait_ms,
-            max_queue=settings.max_queue, name="face-heads")
+            max_queue=settings.max_queue, name="face-heads", weights=SOURCE_WEIGHTS)
         self.ready = False
         self._warm_up()
         self.ready = True
@@ -226,7 +242,7 @@ class InferenceService:
         self.detect(blank)
         job = self._job_from_crop(blank)
         for _ in range(2):
-            self._batcher.submit(job).result()
+            self._batcher.submit(job, PHOTO).result()
 
     # -- public API -----------------------------------------------------------------------------
     @property
@@ -249,23 +265,26 @@ class InferenceService:
                          "min_score": self.detector.min_score},
         }
 
-    def detect(self, image: np.ndarray, max_side: int | None = None, min_face: int | None = None) -> list[Detection]:
+    def detect(self, image: np.ndarray, max_side: int | None = None, min_face: int | None = None,
+               source: str = PHOTO) -> list[Detection]:
         """Faces in one picture, best first; ``max_side`` overrides the detector's downscaling limit,
-        ``min_face`` its smallest face (pixels of the picture searched)."""
-        return self._detector.submit(_DetectRequest(image, max_side, min_face)).result()
+        ``min_face`` its smallest face (pixels of the picture searched). ``source``, here and below: whose
+        share of the service the work counts against (``app.inference``'s PHOTO, LIVE or VIDEO)."""
+        return self._detector.submit(_DetectRequest(image, max_side, min_face), source).result()
 
-    def detect_many(self, images: list[np.ndarray], max_side: int | None = None) -> list[list[Detection]]:
+    def detect_many(self, images: list[np.ndarray], max_side: int | None = None,
+                    source: str = PHOTO) -> list[list[Detection]]:
         requests = [_DetectRequest(image, max_side) for image in images]
-        return [f.result() for f in self._detector.submit_many(requests)]
+        return [f.result() for f in self._detector.submit_many(requests, source)]
 
-    def follow(self, image: np.ndarray, previous: Sequence[Detection]) -> list[Detection]:
+    def follow(self, image: np.ndarray, previous: Sequence[Detection], source: str = PHOTO) -> list[Detection]:
         """The faces of ``previous`` (the last frame's detections) where they are in ``image`` now,
         by MTCNN's last stage alone: one 48x48 pass per face instead of a whole-picture search. Finds no
         new faces; video mode runs a full :meth:`detect` every few frames for those."""
         if not previous:
             return []
         boxes = np.stack([d.box for d in previous])
-        return self._detector.submit(_DetectRequest(image, around=boxes)).result()
+        return self._follower.submit(_FollowRequest(image, boxes), source).result()
 
     def analyze(self, image: np.ndarray, detect: bool = True) -> Analysis:
         """Analyse one RGB uint8 picture.
@@ -286,7 +305,7 @@ class InferenceService:
         if detect:
             faces = self.analyze_detections(image, detections, timings)
         else:
-            pred = self._batcher.submit(self._job_from_crop(image)).result()
+            pred = self._batcher.submit(self._job_from_crop(image), PHOTO).result()
             t2 = time.perf_counter()
             timings["align"] = 0.0
             timings["models"] = (t2 - t1) * 1000
@@ -296,25 +315,25 @@ class InferenceService:
         return Analysis(width=w, height=h, faces=faces, timings_ms=timings)
 
     def analyze_detections(self, image: np.ndarray, detections: Sequence[Detection],
-                           timings: dict[str, float] | None = None) -> list[Face]:
+                           timings: dict[str, float] | None = None, source: str = PHOTO) -> list[Face]:
         """Run the heads on faces already found in ``image`` (video and live reuse detections)."""
         t0 = time.perf_counter()
         jobs = [self._job_from_landmarks(image, d.landmarks) for d in detections]
         t1 = time.perf_counter()
-        preds = [f.result() for f in self._batcher.submit_many(jobs)]
+        preds = [f.result() for f in self._batcher.submit_many(jobs, source)]
         t2 = time.perf_counter()
         if timings is not None:
             timings["align"] = (t1 - t0) * 1000
             timings["models"] = (t2 - t1) * 1000
         return [_face(d, p, j) for d, p, j in zip(detections, preds, jobs)]
 
-    def analyze_many(self, images: Sequence[np.ndarray],
-                     detections: Sequence[Sequence[Detection]]) -> list[list[Face]]:
+    def analyze_many(self, images: Sequence[np.ndarray], detections: Sequence[Sequence[Detection]],
+                     source: str = PHOTO) -> list[list[Face]]:
         """The heads on the faces of several pictures (a chunk of video frames): every face is
         submitted before any answer is awaited, so faces of different frames share batches."""
         jobs = [self._job_from_landmarks(image, d.landmarks)
                 for image, found in zip(images, detections) for d in found]
-        answers = iter(zip([f.result() for f in self._batcher.submit_many(jobs)], jobs))
+        answers = iter(zip([f.result() for f in self._batcher.submit_many(jobs, source)], jobs))
         return [[_face(d, *next(answers)) for d in found] for found in detections]
 
     def explain(self, image: np.ndarray, face: Face) -> Explanation:
@@ -337,6 +356,7 @@ class InferenceService:
 
     def close(self) -> None:
         self._detector.close()
+        self._follower.close()
         self._batcher.close()
 
     @property
@@ -346,22 +366,20 @@ class InferenceService:
     # -- internals ------------------------------------------------------------------------------
     def _detect_batch(self, requests: list[_DetectRequest]) -> list[list[Detection]]:
         """One MTCNN call per downscaling limit and smallest face asked for (live frames and photos ask
-        for their own), and one O-net call for every refinement in the batch."""
+        for their own)."""
         results: list[list[Detection]] = [[] for _ in requests]
-        groups: dict[tuple[str, int | None, int | None], list[int]] = {}
+        groups: dict[tuple[int | None, int | None], list[int]] = {}
         for i, request in enumerate(requests):
-            key = (("follow", None, None) if request.around is not None
-                   else ("search", request.max_side, request.min_face))
-            groups.setdefault(key, []).append(i)
-        for (kind, max_side, min_face), indices in groups.items():
-            images = [requests[i].image for i in indices]
-            if kind == "follow":
-                found = self.detector.refine_many(images, [requests[i].around for i in indices])
-            else:
-                found = self.detector.detect_many(images, max_side, min_face)
+            groups.setdefault((request.max_side, request.min_face), []).append(i)
+        for (max_side, min_face), indices in groups.items():
+            found = self.detector.detect_many([requests[i].image for i in indices], max_side, min_face)
             for i, detections in zip(indices, found):
                 results[i] = detections
         return results
+
+    def _follow_batch(self, requests: list[_FollowRequest]) -> list[list[Detection]]:
+        """One O-net call for every face of every picture in the batch."""
+        return self.detector.refine_many([r.image for r in requests], [r.around for r in requests])
 
     def _job_from_landmarks(self, image: np.ndarray, landmarks: np.ndarray) -> _FaceJob:
         return _FaceJob(emotion_crop=align_face(image, landmarks, self.emotion.card.preprocess),

@@ -16,7 +16,7 @@ from flask import request
 from flask_socketio import ConnectionRefusedError, Namespace, emit
 
 from app.errors import error_body
-from app.inference import get_service
+from app.inference import LIVE, get_service
 from app.inference.batching import QueueFullError
 from app.inference.keyframes import KeyframeDetector
 from app.inference.results import Face
@@ -63,7 +63,7 @@ class LiveSettings:
         return FaceTracker(min_iou=self.track_min_iou, max_age=self.track_max_age, alpha=self.default_alpha)
 
     def new_detector(self) -> KeyframeDetector:
-        return KeyframeDetector(get_service(), self.search_every, self.detector_max_side)
+        return KeyframeDetector(get_service(), self.search_every, self.detector_max_side, source=LIVE)
 
 
 class LiveNamespace(Namespace):
@@ -120,7 +120,7 @@ class LiveNamespace(Namespace):
         detections = session.detect(image)
         timings["decode"] = (t1 - t0) * 1000
         timings["detect"] = (time.perf_counter() - t1) * 1000
-        faces = service.analyze_detections(image, detections, timings)  # adds "align" and "models"
+        faces = service.analyze_detections(image, detections, timings, source=LIVE)  # adds "align" and "models"
         return faces, timings
 
 

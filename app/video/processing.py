@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from app.formatting import label_parts
+from app.inference import VIDEO
 from app.inference.keyframes import KeyframeDetector
 from app.inference.results import Face
 from app.tracking import FaceTracker, TrackedFace
@@ -195,7 +196,7 @@ def process_video(job: VideoJob, service, is_cancelled: Callable[[], bool],
     """Runs ``job`` to its outputs; raises ``JobCancelled`` or an exception whose text is the reason."""
     stride = max(1, int(job.options.stride))
     tracker = FaceTracker(alpha=job.options.alpha)
-    detector = KeyframeDetector(service, search_every=job.options.search_every)
+    detector = KeyframeDetector(service, search_every=job.options.search_every, source=VIDEO)
     tracks: dict[int, TrackStats] = {}
     t_start = time.monotonic()
 
@@ -226,7 +227,7 @@ def process_video(job: VideoJob, service, is_cancelled: Callable[[], bool],
                 nonlocal last
                 analysed = [(i, img) for i, _, img in chunk if i % stride == 0]
                 images = [img for _, img in analysed]
-                faces = service.analyze_many(images, detector.detect(images))
+                faces = service.analyze_many(images, detector.detect(images), source=VIDEO)
                 found = {i: f for (i, _), f in zip(analysed, faces)}
                 for i, time_s, img in chunk:
                     is_analysed = i in found
