@@ -332,6 +332,41 @@ def test_deleted_queued_jobs_free_their_slots(tmp_path):
         release.set()
 
 
+def test_deleted_jobs_leave_no_mark_behind(tmp_path):
+    """Deleting waiting, running and finished jobs keeps no per-job state once they are gone (the
+    cancellation marks used to pile up, one per deleted job, for the life of the process)."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def runner(job, cancelled, report):
+        started.set()
+        while not cancelled() and not release.wait(0.02):
+            pass
+
+    jobs = JobQueue(tmp_path / "videos", runner=runner, max_queue=4)
+    try:
+        finished = jobs.new_job("x.mp4", jobs_options())
+        release.set()
+        jobs.submit(finished)
+        assert wait_for(jobs, finished.id).status == "done"
+        release.clear()
+        started.clear()
+        running = jobs.new_job("x.mp4", jobs_options())
+        jobs.submit(running)
+        assert started.wait(10)
+        waiting = jobs.new_job("x.mp4", jobs_options())
+        jobs.submit(waiting)
+        for job in (finished, waiting, running):
+            assert jobs.delete(job.id)
+        deadline = time.monotonic() + 10
+        while jobs._cancelled and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not jobs._cancelled and not jobs._waiting
+    finally:
+        release.set()
+
+
 def test_inputs_are_deleted_when_jobs_end_and_outputs_kept(tmp_path):
     def runner(job, cancelled, report):
         (job.path / "summary.json").write_text("{}")

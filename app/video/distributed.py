@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from app.video.jobs import (FAILED, QUEUED, RUNNING, QueueFull, VideoJob, VideoOptions,
+from app.video.jobs import (FAILED, QUEUED, RUNNING, QueueFull, VideoJob, VideoOptions, remove_folder,
                             valid_job_id)
 from app.video.store import QueueUnavailable, RedisJobStore
 
@@ -126,13 +126,7 @@ class CeleryJobQueue:
         if not known and not folder.is_dir():
             return False
         self.store.remove(job_id)
-        # A worker may still be writing a file while rmtree walks the folder: retry briefly (the worker
-        # removes it once more when it stops, see app/video/worker.py).
-        deadline = time.monotonic() + 5.0
-        shutil.rmtree(folder, ignore_errors=True)
-        while folder.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-            shutil.rmtree(folder, ignore_errors=True)
+        remove_folder(folder)  # the worker removes it once more when it stops (app/video/worker.py)
         return True
 
     def cleanup(self, now: float | None = None) -> int:

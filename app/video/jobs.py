@@ -279,18 +279,15 @@ class JobQueue:
         """Cancels the job (a running one stops at its next chunk) and removes its files."""
         if not valid_job_id(job_id) or not (self.root / job_id).is_dir():
             return False
+        job = self.get(job_id)
         with self._lock:
-            self._cancelled.add(job_id)
             if job_id in self._waiting:
                 self._waiting.remove(job_id)
-        # A running job may still be writing a file while rmtree walks the folder, which then survives
-        # it: retry briefly, so the folder is gone when the request returns (the worker removes it once
-        # more when the job stops, see _run).
-        folder, deadline = self.root / job_id, time.monotonic() + 5.0
-        shutil.rmtree(folder, ignore_errors=True)
-        while folder.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-            shutil.rmtree(folder, ignore_errors=True)
+            elif job is None or not job.finished:
+                # Running (or about to be): it stops at its next chunk, and _work forgets the mark then.
+                self._cancelled.add(job_id)
+        # The worker removes the folder once more when the job stops (see _run).
+        remove_folder(self.root / job_id)
         return True
 
     def cleanup(self, now: float | None = None) -> int:
@@ -325,6 +322,8 @@ class JobQueue:
             job_id = self._next()
             if job_id not in self._cancelled:
                 self._run(job_id)
+            with self._lock:
+                self._cancelled.discard(job_id)  # the mark has done its work; without this the set only grows
             # Cleanup at most every 10 minutes, between jobs: cheap, and no extra thread.
             if time.time() - self._last_cleanup > 600:
                 self._last_cleanup = time.time()
@@ -355,6 +354,16 @@ class JobQueue:
                 self.on_progress(job)
             except Exception:  # a push failure must not fail the job
                 log.exception("video progress callback failed")
+
+
+def remove_folder(folder: Path, within_s: float = 5.0) -> None:
+    """Removes a job's folder. A job still running may be writing a file while rmtree walks the folder,
+    which then survives it: retry briefly, so the folder is gone when the request returns."""
+    deadline = time.monotonic() + within_s
+    shutil.rmtree(folder, ignore_errors=True)
+    while folder.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def valid_job_id(job_id: str) -> bool:
