@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.age_gender import MAX_AGE
 from models.emotion import EMOTION_CLASSES
 from models.preprocess import PreprocessConfig, align_face
 
@@ -111,7 +112,7 @@ def with_expression_faces(data, rows: np.ndarray, fer_folder: str | Path, teache
     from training.tasks import gaussian_age_targets
 
     targets = data.targets
-    bins = int(targets.shape[1] - 3) if targets.shape[1] > 2 else 101
+    bins = int(targets.shape[1] - 3) if targets.shape[1] > 2 else MAX_AGE + 1  # the head's bins 0..MAX_AGE
     if targets.shape[1] == 2:
         dist = gaussian_age_targets(torch.from_numpy(targets[:, 0].copy()), bins).numpy()
         targets = np.concatenate([targets, targets[:, 1:2], dist], axis=1).astype(np.float32)
