@@ -13,8 +13,8 @@ What a track shows:
 - emotion changes from moment to moment, so it is an exponential moving average (EMA) per track:
   ``s = alpha * new + (1 - alpha) * s``;
 - age and gender do not change within a track, so every frame is evidence about one value
-  (:class:`TraitEstimate`): age is a precision-weighted mean in log space, using each frame's predicted
-  spread and its quality (``app/inference/quality.py``), gender the quality-weighted mean of the
+  (:class:`TraitEstimate`): age is a quality-weighted mean in log space (``app/inference/quality.py``),
+  with an uncertainty from each frame's predicted spread, gender the quality-weighted mean of the
   female logit. The estimate gets *more* certain as frames arrive, and ``age.std`` of a smoothed face
   is that uncertainty, not one frame's spread.
 ``alpha = 1`` turns all of it off: every frame shows its own values.
@@ -94,7 +94,7 @@ FRAME_INDEPENDENCE = 0.1
 # overconfident where it is smallest: on the UTKFace test split, the shipped model's predictions with
 # log-spread 0.065-0.155 (mostly older faces) were off by 0.157 RMS in log space, those with 0.155-0.299
 # by 0.17-0.24 (the spread-calibration line of `python -m training.evaluate age_gender ...`; the model
-# card quotes it). Without a floor, the frames that claim to be surest of an old age outvote the rest.
+# card quotes it).
 MIN_LOG_SPREAD = 0.15
 _P_CLAMP = 1e-4
 
@@ -104,40 +104,45 @@ class TraitEstimate:
     """One person's age and gender from all the frames of their track, with an uncertainty that shrinks
     as frames arrive.
 
-    Age: each frame's predicted mean ``y`` and spread ``s`` become a log-space observation
-    ``m = log(1 + y)`` with spread ``s / (1 + y)``, weighted by its precision times its quality. The
-    estimate is the weighted mean; its uncertainty combines the weights (discounted by
-    :data:`FRAME_INDEPENDENCE`) with how much the frames disagree. Log space because age errors grow
-    with age: 5 years is a lot at 8 and little at 70.
+    Age: each frame's predicted mean ``y`` becomes a log-space observation ``m = log(1 + y)``, weighted by
+    the frame's quality. The estimate is the weighted mean; its uncertainty is the frames' mean predicted
+    log-spread ``s / (1 + y)`` (floored at :data:`MIN_LOG_SPREAD`) or, if larger, how much the frames
+    disagree, shrunk by the number of independent looks (:data:`FRAME_INDEPENDENCE`). Log space because
+    age errors grow with age: 5 years is a lot at 8 and little at 70.
+
+    The frames' predicted spreads set the uncertainty but not the weights: within one face, the age head
+    is surest of its older readings (on `one_face_talking.mp4` a frame's log-spread and its log-age
+    correlate at -0.79), so weighting by precision pulls the track towards whatever the frames that
+    claim most certainty say (README, "Per-person traits converge").
     Gender: quality-weighted mean of the female logit.
     """
 
     frames: int = 0
-    weight: float = 0.0  # sum of w = quality / spread^2
-    log_age: float = 0.0  # sum of w * m
-    log_age_sq: float = 0.0  # sum of w * m^2: how much the frames disagree
-    quality: float = 0.0  # sum of quality
-    female_logit: float = 0.0  # sum of quality * logit(p_female)
+    quality: float = 0.0  # sum of q, each frame's quality weight
+    log_age: float = 0.0  # sum of q * m
+    log_age_sq: float = 0.0  # sum of q * m^2: how much the frames disagree
+    log_var: float = 0.0  # sum of q * s^2: what the frames claim
+    female_logit: float = 0.0  # sum of q * logit(p_female)
 
     def add(self, face: Face) -> None:
         q = face.quality.weight if face.quality is not None else 1.0
         years = max(0.0, face.age.years)
         spread = max(face.age.std / (1.0 + years), MIN_LOG_SPREAD)
-        m, w = math.log1p(years), q / spread ** 2
+        m = math.log1p(years)
         self.frames += 1
-        self.weight += w
-        self.log_age += w * m
-        self.log_age_sq += w * m * m
-        p = min(1.0 - _P_CLAMP, max(_P_CLAMP, face.gender.p_female))
         self.quality += q
+        self.log_age += q * m
+        self.log_age_sq += q * m * m
+        self.log_var += q * spread * spread
+        p = min(1.0 - _P_CLAMP, max(_P_CLAMP, face.gender.p_female))
         self.female_logit += q * math.log(p / (1.0 - p))
 
     def age(self) -> Age:
-        mean = self.log_age / self.weight
+        mean = self.log_age / self.quality
         independent_looks = 1.0 + FRAME_INDEPENDENCE * (self.frames - 1)
-        precision = self.weight / self.frames * independent_looks
-        scatter = max(0.0, self.log_age_sq / self.weight - mean * mean)
-        log_std = math.sqrt(max(1.0 / precision, scatter / independent_looks))
+        claimed = self.log_var / self.quality
+        scatter = max(0.0, self.log_age_sq / self.quality - mean * mean)
+        log_std = math.sqrt(max(claimed, scatter) / independent_looks)
         years = math.expm1(mean)
         return Age(years=years, std=(years + 1.0) * log_std, group=age_group(years))
 

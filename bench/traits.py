@@ -44,7 +44,7 @@ def track_series(per_frame: list[list[dict]]) -> dict:
     if not counts:
         return {"frames": 0}
     main = counts.most_common(1)[0][0]
-    shown, raw, std, gender, by_emotion = [], [], [], [], {}
+    shown, raw, raw_std, std, gender, by_emotion = [], [], [], [], [], {}
     for faces in per_frame:
         for f in faces:
             if f["track_id"] == main:
@@ -53,8 +53,15 @@ def track_series(per_frame: list[list[dict]]) -> dict:
                 gender.append(f["gender"]["label"])
                 if "raw" in f:  # frames.jsonl keeps each frame's own values; live answers do not
                     raw.append(f["raw"]["age"]["years"])
+                    raw_std.append(f["raw"]["age"]["std"])
                     by_emotion.setdefault(f["raw"]["emotion"]["label"], []).append(f["raw"]["age"]["years"])
     out = summarise(main, shown, raw, std, gender, len(counts))
+    if len(raw) >= 10:
+        # Is the head surer of some ages than of others on this face? A frame's log-spread against its
+        # log-age (app/tracking.py: why frames are weighted by quality, not by precision).
+        log_age = np.log1p(np.maximum(raw, 0.0))
+        out["raw_log_spread_vs_log_age_corr"] = round(float(np.corrcoef(np.asarray(raw_std) / (1.0 + np.asarray(raw)),
+                                                                        log_age)[0, 1]), 2)
     # A person's age does not change when they smile: how far apart are the frames' own ages by the
     # expression the emotion head saw in the same frame (training/expression_faces.py)?
     out["raw_median_by_emotion"] = {k: {"frames": len(v), "median": round(float(np.median(v)), 1)}
@@ -186,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
                if r["raw_median"] is not None else "not in live answers")
         print(f"| {name} | {r['frames']} | {r['final_age']} ± {r['final_std']} ({r['final_gender']}) | "
               f"{r['displayed_range_last_80pct']} years | {raw} |")
+    if "raw_log_spread_vs_log_age_corr" in video:
+        print(f"video frames: correlation of a frame's log-spread with its log-age {video['raw_log_spread_vs_log_age_corr']}")
     if video.get("raw_median_by_emotion"):
         print("video frames' own ages by the frame's expression: " + ", ".join(
             f"{k} {v['median']} ({v['frames']} frames)" for k, v in video["raw_median_by_emotion"].items()))

@@ -109,10 +109,13 @@ def test_moving_averages_by_hand():
     assert s.emotion.probabilities["happy"] == pytest.approx(0.25 * 0.1 + 0.75 * 0.9)  # 0.7
     assert s.emotion.label == "happy"
     assert sum(s.emotion.probabilities.values()) == pytest.approx(1.0)
-    # Age: precision-weighted mean in log space; each frame's spread is std / (1 + years) there.
-    w1, w2 = (41 / 8) ** 2, (21 / 4) ** 2
-    mean = (w1 * math.log(41) + w2 * math.log(21)) / (w1 + w2)
-    assert s.age.years == pytest.approx(math.exp(mean) - 1)  # ~29.8: the sharper second frame weighs more
+    # Age: mean in log space, each frame weighted by its quality (none given: 1), not by its claimed spread.
+    assert s.age.years == pytest.approx(math.sqrt(41 * 21) - 1)  # 28.3
+    # Its uncertainty: the frames' mean claimed log-spread (8/41 and 4/21) or their disagreement, if larger,
+    # over 1.1 independent looks.
+    claimed = ((8 / 41) ** 2 + (4 / 21) ** 2) / 2
+    scatter = ((math.log(41) - math.log(21)) / 2) ** 2
+    assert s.age.std == pytest.approx(math.sqrt(41 * 21) * math.sqrt(max(claimed, scatter) / 1.1))
     assert s.age.group == "young adult"
     # Gender: mean of the female logits, log(0.8/0.2) and log(0.2/0.8): undecided.
     assert s.gender.probability == pytest.approx(0.5)
@@ -144,6 +147,18 @@ def test_frames_that_disagree_keep_the_estimate_uncertain():
         (a,) = calm.update([make_face(years=30, std=3)])
         (b,) = torn.update([make_face(years=20 if i % 2 else 45, std=3)])
     assert b.smoothed.age.std > 2 * a.smoothed.age.std
+
+
+def test_frames_that_claim_certainty_do_not_outvote_the_rest():
+    """Within one face the age head is surest of its older readings; the track must not follow them.
+    Half the frames say 25 +- 10 years, half 50 +- 3: the track sits between them (in log space
+    sqrt(26 * 51) - 1 = 35.4), where weighting by claimed precision (floored at 0.15) put it at 49.2."""
+    tracker = FaceTracker()
+    for i in range(40):
+        (t,) = tracker.update([make_face(years=25.0, std=10.0) if i % 2 else make_face(years=50.0, std=3.0)])
+    assert t.smoothed.age.years == pytest.approx(math.sqrt(26 * 51) - 1, abs=0.1)
+    # The disagreement shows in the uncertainty: at least the frames' scatter over the looks they count as.
+    assert t.smoothed.age.std > 36.4 * ((math.log(51) - math.log(26)) / 2) / math.sqrt(1 + FRAME_INDEPENDENCE * 39)
 
 
 def test_poor_quality_frames_count_less():
