@@ -6,6 +6,7 @@ needs ../shared.
 from __future__ import annotations
 
 import csv
+import math
 import json
 import re
 
@@ -23,7 +24,7 @@ from training.augment import AugmentConfig, augment_batch
 from training.data import DataFormatError
 from training.data.fer2013 import FERPLUS_NAME, load_fer2013
 from training.data.utkface import load_utkface, make_split, parse_name, scan_folder
-from training.tasks import age_gender_loss, gaussian_age_targets, preprocess_for
+from training.tasks import age_gender_loss, emotion_loss, gaussian_age_targets, log_prior_shift, preprocess_for
 from training.template import MIN_DETECTIONS, measure_template
 
 FAST = ["--epochs", "1", "--batch-size", "16", "--threads", "1", "--device", "cpu"]
@@ -255,6 +256,25 @@ def test_age_targets_and_loss():
     assert torch.isfinite(loss) and out.grad.abs().sum() > 0
 
 
+def test_logit_adjusted_loss_asks_more_of_rare_classes():
+    """Menon et al.'s loss: with tau * log(prior) added to the logits, the loss is least where the plain
+    logits favour the rare classes by exactly -tau * log(prior); tau 0 is plain cross-entropy."""
+    labels = np.array([0] * 90 + [1] * 10)
+    shift = log_prior_shift(labels, 2, tau=1.0)
+    torch.testing.assert_close(shift, torch.log(torch.tensor([91 / 102, 11 / 102])))  # each class counted once more
+    targets = torch.tensor([[0.0, 1.0, 1.0]])  # one row of the rare class: its distribution, then its label
+    plain = torch.zeros(1, 2)
+    assert emotion_loss(plain, targets, 0.0, log_prior_shift(labels, 2, tau=0.0)) == pytest.approx(math.log(2))
+    # Undecided plain logits cost more under the adjusted loss for a rare-class row...
+    assert emotion_loss(plain, targets, 0.0, shift) > emotion_loss(plain, targets, 0.0)
+    # ...and the logits it asks for lean to the rare class by the prior's log-odds (gradient zero at the optimum
+    # of a two-class row with soft target 0.5/0.5).
+    half = torch.tensor([[0.5, 0.5, 0.0]])
+    logits = (-shift).unsqueeze(0).clone().requires_grad_(True)
+    emotion_loss(logits, half, 0.0, shift).backward()
+    assert logits.grad.abs().max() < 1e-6
+
+
 # -- end to end ---------------------------------------------------------------------------------------
 def test_emotion_trains_one_epoch_and_loads(fer_dir, tmp_path):
     out, work = tmp_path / "emotion.pt", tmp_path / "run"
@@ -296,11 +316,12 @@ def test_emotion_trains_one_epoch_and_loads(fer_dir, tmp_path):
 def test_emotion_limit_and_resume_with_more_epochs(fer_dir, tmp_path):
     out, work = tmp_path / "e.pt", tmp_path / "run"
     base = ["emotion", "--data", str(fer_dir), "--out", str(out), "--workdir", str(work), "--cache-dir",
-            str(tmp_path / "cache"), "--template-samples", "0", "--limit", "20", "--threads", "1", "--batch-size", "8"]
+            str(tmp_path / "cache"), "--template-samples", "0", "--limit", "20", "--threads", "1", "--batch-size", "8",
+            "--logit-adjust", "1"]
     train.main(base + ["--epochs", "1"])
     train.main(base + ["--epochs", "2", "--resume"])
     card = load_checkpoint(out, "emotion").card
-    assert card.training["train_rows"] == 20
+    assert card.training["train_rows"] == 20 and card.training["config"]["logit_adjust"] == 1.0
     assert [h["epoch"] for h in card.training["history"]] == [1, 2]
     assert card.training["schedule_changes"] == [{"after_epoch": 1, "epochs_before": 1, "epochs_after": 2}]
     assert len(read_log(work / "log.csv")) == 2

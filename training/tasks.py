@@ -164,12 +164,27 @@ def _age_gender_data(utk: UtkData, seed: int) -> TaskData:
 
 
 # -- losses -------------------------------------------------------------------------------------------
-def emotion_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.1) -> torch.Tensor:
-    """Cross-entropy against the (possibly soft) target distribution, with label smoothing."""
+def emotion_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.1,
+                 log_prior_shift: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy against the (possibly soft) target distribution, with label smoothing.
+
+    ``log_prior_shift`` (``tau * log(class prior)``, shape (classes,)): the logit-adjusted loss of Menon et
+    al. (2021), trained on ``logits + shift`` and served on the plain logits, so that the network need not
+    learn the classes' frequencies and rare classes are said more often; ``None``: plain cross-entropy.
+    """
     dist = targets[:, :-1]
     k = dist.shape[1]
     dist = dist * (1 - label_smoothing) + label_smoothing / k
-    return -(dist * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+    logits = logits.float()
+    if log_prior_shift is not None:
+        logits = logits + log_prior_shift.to(logits.device)
+    return -(dist * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def log_prior_shift(labels: np.ndarray, classes: int, tau: float) -> torch.Tensor:
+    """``tau * log(prior)`` of the training labels (each class counted at least once)."""
+    counts = np.bincount(labels.astype(np.int64), minlength=classes).astype(np.float64) + 1.0
+    return torch.tensor(tau * np.log(counts / counts.sum()), dtype=torch.float32)
 
 
 def gaussian_age_targets(ages: torch.Tensor, num_bins: int, sigma: float = AGE_SIGMA) -> torch.Tensor:
@@ -202,9 +217,10 @@ def age_gender_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return ldl + AGE_L1_WEIGHT * l1 + GENDER_WEIGHT * bce
 
 
-def loss_fn(task: str, label_smoothing: float = 0.1) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def loss_fn(task: str, label_smoothing: float = 0.1, log_prior_shift: torch.Tensor | None = None
+            ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if task == "emotion":
-        return lambda out, tgt: emotion_loss(out, tgt, label_smoothing)
+        return lambda out, tgt: emotion_loss(out, tgt, label_smoothing, log_prior_shift)
     return age_gender_loss
 
 

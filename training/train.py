@@ -41,8 +41,8 @@ from training.augment import AugmentConfig, DegradeConfig, degrade_batch
 from training.metrics import rounded
 from training.engine import (autocast_for, cpu_name, fit_to, make_batch, memory_format_for, predict, resolve_device,
                              seed_everything)
-from training.tasks import (ARCHS, SELECTION_RULES, TASKS, TaskData, labels_for, load_task_data, loss_fn, recipe_for,
-                            selection_score, split_metrics)
+from training.tasks import (ARCHS, SELECTION_RULES, TASKS, TaskData, labels_for, load_task_data, log_prior_shift,
+                            loss_fn, recipe_for, selection_score, split_metrics)
 from training.template import TemplateResult, measure_template
 
 log = logging.getLogger("training.train")
@@ -64,6 +64,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup: float = 0.15  # share of the steps spent warming up
     label_smoothing: float = 0.1  # emotion only
+    logit_adjust: float = 0.0  # emotion only: tau of the logit-adjusted loss (training.tasks.emotion_loss; 0 = off)
     ferplus: float = 0.0  # emotion only: weight of the FER+ vote distribution in the targets (0 = off)
     seed: int = 0
     threads: int | None = None
@@ -97,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     p.add_argument("--warmup", type=float, default=TrainConfig.warmup)
     p.add_argument("--label-smoothing", type=float, default=TrainConfig.label_smoothing)
+    p.add_argument("--logit-adjust", type=float, default=TrainConfig.logit_adjust, metavar="TAU",
+                   help="emotion: train with the logit-adjusted loss, tau * log(class prior) added to the logits "
+                        "(1 is the usual choice; 0: off); the served model reads the plain logits")
     p.add_argument("--ferplus", type=float, default=TrainConfig.ferplus, metavar="W",
                    help="emotion: mix FER+ vote distributions into the targets with weight W in [0, 1] "
                         "(needs fer2013new.csv beside the CSV)")
@@ -129,6 +133,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     a = p.parse_args(argv)
     if a.expression_faces and not (a.task == "age_gender" and a.init and a.fer):
         p.error("--expression-faces is for age_gender and needs --init (whose template frames the faces) and --fer")
+    if a.logit_adjust and a.task != "emotion":
+        p.error("--logit-adjust is for emotion")
+    if a.logit_adjust < 0:
+        p.error("--logit-adjust must be >= 0")
     if not 0.0 <= a.degrade <= 1.0:
         p.error("--degrade must lie in [0, 1]")
     if not 0.0 <= a.ferplus <= 1.0:
@@ -185,7 +193,9 @@ def train_one_epoch(model: nn.Module, data: TaskData, rows: np.ndarray, cfg: Tra
                     preprocess, optimizer, scheduler, scaler, device: torch.device) -> float:
     """One pass over ``rows`` in a seeded order; returns the mean training loss."""
     model.train()
-    criterion = loss_fn(data.task, cfg.label_smoothing)
+    shift = (log_prior_shift(data.targets[rows, -1], data.targets.shape[1] - 1, cfg.logit_adjust)
+             if data.task == "emotion" and cfg.logit_adjust else None)
+    criterion = loss_fn(data.task, cfg.label_smoothing, shift)
     augment = AugmentConfig()
     degrade = DegradeConfig(p=cfg.degrade)
     # Order and augmentation come from a generator seeded by (seed, epoch), so a resumed run sees exactly
