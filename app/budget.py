@@ -2,43 +2,19 @@
 at most ``budget`` pixels between them (counted at full size, what a decoder may touch), so that 16
 large uploads at once cost what a few do instead of 16 times as much. A request that does not fit waits
 for others to finish, up to ``wait_s``, and is then refused (503). When the last request lets go after
-large pictures, the C heap's free memory goes back to the system (``malloc_trim``): glibc otherwise
+large pictures, the C heap's free memory goes back to the system at once (``app/heap.py``): glibc otherwise
 keeps it in its per-thread arenas, and idle RSS stays at its peak."""
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import logging
 import threading
 import time
 from contextlib import contextmanager
 
-log = logging.getLogger(__name__)
+from app.heap import release_free_memory
 
 
 class BudgetExceeded(Exception):
     """The picture did not fit in the budget within the wait; the caller answers 503."""
-
-
-def _malloc_trim():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
-
-
-_TRIM = _malloc_trim()
-
-
-def release_free_memory() -> bool:
-    """Gives the C heap's free pages back to the system; False where there is no ``malloc_trim``."""
-    if _TRIM is None:
-        return False
-    _TRIM(0)
-    return True
 
 
 class PixelBudget:

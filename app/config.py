@@ -57,6 +57,12 @@ class Config:
     # video and live frames keep DETECTOR_MIN_FACE (crowds in downscaled 1080p frames have smaller faces).
     PHOTO_MIN_FACE = _int("FACEAPP_PHOTO_MIN_FACE", 24)
     DETECTOR_MIN_SCORE = _float("FACEAPP_DETECTOR_MIN_SCORE", 0.9)
+    # Seconds between giving the C heap's free memory back to the system while the service works
+    # (app/heap.py: glibc otherwise keeps what freed frames and tensors leave in its arenas); 0: never.
+    HEAP_TRIM_INTERVAL_S = _float("FACEAPP_HEAP_TRIM_INTERVAL_S", 10.0)
+    # Bytes from which glibc gives a block a mapping of its own, unmapped when freed (app/heap.py); 0: glibc's
+    # default, a threshold that rises to 32 MB after large frees, so frames and tensors grow the arenas.
+    MALLOC_MMAP_THRESHOLD = _int("FACEAPP_MALLOC_MMAP_THRESHOLD", 131072)
 
     # Uploads
     MAX_UPLOAD_MB = _float("MAX_UPLOAD_MB", 20.0)

@@ -119,3 +119,89 @@ def test_free_memory_goes_back_after_large_pictures(monkeypatch):
             pass
         assert calls == []  # not while a picture is still held
     assert calls == [1]
+
+
+def test_the_heap_is_trimmed_while_the_service_works_and_left_alone_when_idle(monkeypatch):
+    from app import heap
+
+    work = [0]
+    calls = []
+    monkeypatch.setattr(heap, "release_free_memory", lambda: calls.append(1) or True)
+    trimmer = heap.HeapTrimmer(lambda: work[0], interval_s=0)  # 0: no thread; rounds driven by hand
+    assert not trimmer.running
+    assert trimmer.trim_if_busy() and calls == [1]  # the first round trims
+    assert not trimmer.trim_if_busy() and calls == [1]  # nothing done since: idle, left alone
+    work[0] += 5
+    assert trimmer.trim_if_busy() and trimmer.trims == 2
+    with pytest.raises(ValueError):
+        heap.HeapTrimmer(lambda: 0, interval_s=-1)
+
+
+def test_the_service_runs_a_heap_trimmer_that_counts_its_batches(service, astronaut):
+    trimmer = service._heap_trimmer
+    assert trimmer.running and trimmer.interval_s == TestConfig.HEAP_TRIM_INTERVAL_S
+    before = service._items_served()
+    service.analyze(astronaut)
+    assert service._items_served() > before  # the detector and the heads' items: what tells work from idle
+
+
+def test_large_blocks_get_their_own_mapping_after_large_frees():
+    """glibc raises its mmap threshold when a large mapped block is freed, so the next large blocks grow
+    the arenas (and stay resident); with the service's fixed threshold they are mapped and unmapped."""
+    import ctypes
+
+    from app import heap
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("glibc older than 2.33: no mallinfo2")
+    libc.mallinfo2.restype = MallInfo2
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def mapped_blocks_while_holding(size: int) -> int:
+        block = libc.malloc(size)
+        try:
+            return libc.mallinfo2().hblks
+        finally:
+            libc.free(block)
+
+    assert heap.set_mmap_threshold(TestConfig.MALLOC_MMAP_THRESHOLD)
+    libc.free(libc.malloc(8 << 20))  # a large block freed: glibc's default would now raise its threshold
+    before = libc.mallinfo2().hblks
+    assert mapped_blocks_while_holding(1 << 20) == before + 1  # a 1 MB frame: its own mapping
+    assert heap.set_mmap_threshold(0) is False  # 0: glibc's default left alone
+    with pytest.raises(ValueError):
+        heap.set_mmap_threshold(-1)
+
+
+def test_threads_that_call_opencv_leave_nothing_behind(service):
+    """Socket.IO runs every event on a new thread. With OpenCV's own thread pool on, each thread that
+    calls OpenCV kept ~0.9 KB after it ended (2,000 threads: ~1.7 MB); the service turns the pool off."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("glibc older than 2.33: no mallinfo2")
+    libc.mallinfo2.restype = MallInfo2
+    assert cv2.getNumThreads() == 1
+    frame = np.zeros((480, 640, 3), np.uint8)
+
+    def frame_on_a_new_thread():
+        thread = threading.Thread(target=cv2.resize, args=(frame, (320, 240)), kwargs={"interpolation": cv2.INTER_AREA})
+        thread.start()
+        thread.join()
+
+    frame_on_a_new_thread()
+    before = libc.mallinfo2().uordblks
+    for _ in range(2000):
+        frame_on_a_new_thread()
+    assert libc.mallinfo2().uordblks - before < 300_000

@@ -16,9 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 
+from app.heap import HeapTrimmer, set_mmap_threshold
 from app.inference import PHOTO, SOURCE_WEIGHTS
 from app.inference.batching import MicroBatcher
 from app.inference.explain import (Explanation, crop_matrix, heat_from_drops, heat_on_box, occlusion_batch,
@@ -131,6 +133,8 @@ class ServiceSettings:
     detector_min_score: float = 0.9
     backend: str = "auto"  # auto | torch | onnxruntime
     onnx_dir: str = "instance/onnx"
+    heap_trim_interval_s: float = 10.0  # app/heap.py: HeapTrimmer; 0 = off
+    malloc_mmap_threshold: int = 131072  # app/heap.py: set_mmap_threshold; 0 = glibc's default
 
     @classmethod
     def from_config(cls, config) -> "ServiceSettings":
@@ -149,6 +153,8 @@ class ServiceSettings:
             detector_min_score=float(get("DETECTOR_MIN_SCORE")),
             backend=str(get("INFERENCE_BACKEND")),
             onnx_dir=str(get("ONNX_DIR")),
+            heap_trim_interval_s=float(get("HEAP_TRIM_INTERVAL_S")),
+            malloc_mmap_threshold=int(get("MALLOC_MMAP_THRESHOLD")),
         )
 
 
@@ -164,6 +170,9 @@ class InferenceService:
         self.settings = settings
         if settings.backend not in BACKENDS + ("auto",):
             raise ValueError(f"INFERENCE_BACKEND must be auto, {' or '.join(BACKENDS)}, not {settings.backend!r}")
+        # Before the models load: large blocks (frames, crops, tensors) get mappings of their own, given
+        # back when freed, instead of growing glibc's arenas (app/heap.py).
+        set_mmap_threshold(settings.malloc_mmap_threshold)
         self.device = resolve_device(settings.device)
         self.backend = resolve_backend(settings.backend, self.device)
         self.half = self.device.type == "cuda" and self.backend == "torch"
@@ -175,6 +184,11 @@ class InferenceService:
         self.torch_threads = 1 if self.backend == "onnxruntime" else self.compute_threads
         if self.device.type == "cpu":
             torch.set_num_threads(self.torch_threads)
+        # OpenCV without its own thread pool: with it, every thread that calls OpenCV keeps ~0.9 KB after
+        # it ends, and Socket.IO handles each live frame on a new thread: 54 frames a second under
+        # bench/soak.py crept RSS ~3 MB a minute (tests/test_memory.py). The service's threads already
+        # run requests side by side, and its images are small.
+        cv2.setNumThreads(1)
         self.emotion = self._load(settings.emotion_weights, "emotion")
         self.age_gender = self._load(settings.age_gender_weights, "age_gender")
         self.detector = FaceDetector(device=self.device, min_face_size=settings.detector_min_face,
@@ -197,6 +211,8 @@ class InferenceService:
         self._batcher: MicroBatcher[_FaceJob, FacePrediction] = MicroBatcher(
             self._predict_batch, max_batch_size=settings.max_batch_size, max_wait_ms=self.max_wait_ms,
             max_queue=settings.max_queue, name="face-heads", weights=SOURCE_WEIGHTS)
+        # What the arenas free still stays resident until trimmed: give it back while the service works.
+        self._heap_trimmer = HeapTrimmer(self._items_served, settings.heap_trim_interval_s)
         self.ready = False
         self._warm_up()
         self.ready = True
@@ -355,9 +371,13 @@ class InferenceService:
                            png=render_png(heat))
 
     def close(self) -> None:
+        self._heap_trimmer.close()
         self._detector.close()
         self._follower.close()
         self._batcher.close()
+
+    def _items_served(self) -> int:
+        return sum(b.stats.items for b in (self._detector, self._follower, self._batcher))
 
     @property
     def batch_stats(self):

@@ -1,0 +1,110 @@
+"""Keeping the C heap from holding memory the process no longer uses.
+
+glibc keeps freed memory in its arenas for reuse and returns it only from the top of each heap, and by
+default it serves ever larger blocks from the arenas after large ones are freed (its mmap threshold
+rises with them, up to 32 MB). A long-running server that allocates frames, crops and tensors of many
+sizes from many threads then holds more than it uses: under the soak (``bench/soak.py``) the arenas
+were ~350 MB for ~250 MB in use, and each ``malloc_trim`` gave back ~50 MB. (The soak's steady creep,
+~3 MB a minute, was not this but OpenCV's per-thread state: ``app/inference/service.py``.)
+
+- :func:`set_mmap_threshold`: blocks from this size up get their own mapping, unmapped when freed, and
+  the threshold stays put (the service sets 128 KiB: a frame, a crop batch, a tensor);
+- :func:`release_free_memory`: one ``malloc_trim(0)``, the free pages of every arena back to the system,
+  now (``app/budget.py`` calls it after large pictures; under the soak a call gave back ~50 MB in 4-40 ms);
+- :class:`HeapTrimmer`: a thread that trims every ``interval_s`` while the process is working.
+
+README ("Benchmarks", "Soak") has the measurements. Not glibc (musl, macOS): these do nothing.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import threading
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+
+def _libc(name: str, argtypes: list, restype):
+    """glibc's function ``name``, or None where the C library has none (musl, macOS)."""
+    try:
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = argtypes, restype
+    return function
+
+
+_TRIM = _libc("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
+_MALLOPT = _libc("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
+
+def set_mmap_threshold(size: int) -> bool:
+    """Allocations of ``size`` bytes and more get a mapping of their own, given back when freed; glibc
+    no longer moves the threshold. 0 leaves glibc's default (dynamic) alone. False where it cannot be set."""
+    if size < 0:
+        raise ValueError(f"the mmap threshold must be >= 0 bytes, got {size}")
+    if size == 0 or _MALLOPT is None:
+        return False
+    return _MALLOPT(M_MMAP_THRESHOLD, int(size)) == 1
+
+
+def release_free_memory() -> bool:
+    """Gives the C heap's free pages back to the system; False where there is no ``malloc_trim``."""
+    if _TRIM is None:
+        return False
+    _TRIM(0)  # ctypes lets go of the GIL for the call: other threads keep running
+    return True
+
+
+class HeapTrimmer:
+    """Trims the heap every ``interval_s`` seconds, but only after work: ``activity()`` returns a counter
+    that grows with the work done (e.g. items through the inference batchers); when it has not moved since
+    the last trim there is nothing new to give back, and an idle server is left alone.
+
+    Args:
+        activity: a counter of work done.
+        interval_s: seconds between trims; 0 turns the trimmer off (nothing is started).
+    """
+
+    def __init__(self, activity: Callable[[], int], interval_s: float):
+        if interval_s < 0:
+            raise ValueError(f"the heap trim interval must be >= 0 seconds, got {interval_s}")
+        self._activity = activity
+        self.interval_s = float(interval_s)
+        self.trims = 0
+        self._last_seen: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self.interval_s > 0 and _TRIM is not None:
+            self._thread = threading.Thread(target=self._run, name="heap-trimmer", daemon=True)
+            self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def trim_if_busy(self) -> bool:
+        """One round: trims when the activity counter moved since the last round; True if it trimmed."""
+        seen = self._activity()
+        if seen == self._last_seen:
+            return False
+        self._last_seen = seen
+        if release_free_memory():
+            self.trims += 1
+            return True
+        return False
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.trim_if_busy()
+            except Exception:  # noqa: BLE001 - a failed trim must not end the thread or the process
+                log.exception("trimming the heap failed")
