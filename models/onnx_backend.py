@@ -38,10 +38,13 @@ def providers_for(device: torch.device) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def make_session(path: str | os.PathLike, device: torch.device, threads: int = 0):
+def make_session(path: str | os.PathLike, device: torch.device, threads: int = 0, cpu_arena: bool = True):
+    """``cpu_arena``: ONNX Runtime's own CPU memory arena, which keeps its high-water mark for the
+    session's life (off: every run's buffers come from and go back to the C heap)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = cpu_arena
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -145,35 +146,46 @@ def test_the_service_runs_a_heap_trimmer_that_counts_its_batches(service, astron
     assert service._items_served() > before  # the detector and the heads' items: what tells work from idle
 
 
+_MAPPED_AFTER_LARGE_FREE = """
+import ctypes, sys
+from app import heap
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] != "0":
+    assert heap.set_mmap_threshold(int(sys.argv[1]))
+libc.free(libc.malloc(8 << 20))  # a large block freed: glibc's default now raises its threshold
+before = libc.mallinfo2().hblks
+block = libc.malloc(1 << 20)  # a 1 MB frame
+print(libc.mallinfo2().hblks - before)
+libc.free(block)
+"""
+
+
 def test_large_blocks_get_their_own_mapping_after_large_frees():
     """glibc raises its mmap threshold when a large mapped block is freed, so the next large blocks grow
-    the arenas (and stay resident); with the service's fixed threshold they are mapped and unmapped."""
+    the arenas (and stay resident); with the service's fixed threshold they are mapped and unmapped.
+    In a fresh interpreter: other threads' blocks would blur the count here."""
     import ctypes
+    import subprocess
+    import sys
 
     from app import heap
 
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-    libc = ctypes.CDLL("libc.so.6")
-    if not hasattr(libc, "mallinfo2"):
+    if not hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2"):
         pytest.skip("glibc older than 2.33: no mallinfo2")
-    libc.mallinfo2.restype = MallInfo2
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
 
-    def mapped_blocks_while_holding(size: int) -> int:
-        block = libc.malloc(size)
-        try:
-            return libc.mallinfo2().hblks
-        finally:
-            libc.free(block)
+    def new_mappings(threshold: int) -> int:
+        out = subprocess.run([sys.executable, "-c", _MAPPED_AFTER_LARGE_FREE, str(threshold)], capture_output=True,
+                             text=True, check=True, cwd=Path(heap.__file__).parents[1])
+        return int(out.stdout.split()[-1])
 
-    assert heap.set_mmap_threshold(TestConfig.MALLOC_MMAP_THRESHOLD)
-    libc.free(libc.malloc(8 << 20))  # a large block freed: glibc's default would now raise its threshold
-    before = libc.mallinfo2().hblks
-    assert mapped_blocks_while_holding(1 << 20) == before + 1  # a 1 MB frame: its own mapping
+    assert new_mappings(0) == 0  # glibc's default: the 1 MB block comes from the arena
+    assert new_mappings(TestConfig.MALLOC_MMAP_THRESHOLD) == 1  # the service's: a mapping of its own
     assert heap.set_mmap_threshold(0) is False  # 0: glibc's default left alone
     with pytest.raises(ValueError):
         heap.set_mmap_threshold(-1)
@@ -205,3 +217,15 @@ def test_threads_that_call_opencv_leave_nothing_behind(service):
     for _ in range(2000):
         frame_on_a_new_thread()
     assert libc.mallinfo2().uordblks - before < 300_000
+
+
+def test_onnx_runtime_memory_arena_can_be_turned_off(service):
+    """FACEAPP_ORT_CPU_ARENA=0: sessions without ONNX Runtime's CPU arena, which keeps its high-water mark."""
+    from models.onnx_backend import exported_models, make_session
+
+    if service.backend != "onnxruntime":
+        pytest.skip("the torch backend runs no ONNX sessions")
+    assert service.emotion.model.session.get_session_options().enable_cpu_mem_arena  # the default: on
+    s = service.settings
+    path = exported_models(s.onnx_dir, s.emotion_weights, s.age_gender_weights)["emotion"]
+    assert not make_session(path, service.device, 1, cpu_arena=False).get_session_options().enable_cpu_mem_arena

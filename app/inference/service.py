@@ -135,6 +135,7 @@ class ServiceSettings:
     onnx_dir: str = "instance/onnx"
     heap_trim_interval_s: float = 10.0  # app/heap.py: HeapTrimmer; 0 = off
     malloc_mmap_threshold: int = 131072  # app/heap.py: set_mmap_threshold; 0 = glibc's default
+    ort_cpu_arena: bool = True  # ONNX Runtime's CPU memory arena (models/onnx_backend.py: make_session)
 
     @classmethod
     def from_config(cls, config) -> "ServiceSettings":
@@ -155,6 +156,7 @@ class ServiceSettings:
             onnx_dir=str(get("ONNX_DIR")),
             heap_trim_interval_s=float(get("HEAP_TRIM_INTERVAL_S")),
             malloc_mmap_threshold=int(get("MALLOC_MMAP_THRESHOLD")),
+            ort_cpu_arena=bool(get("ORT_CPU_ARENA")),
         )
 
 
@@ -244,7 +246,8 @@ class InferenceService:
         paths = exported_models(self.settings.onnx_dir, self.settings.emotion_weights,
                                 self.settings.age_gender_weights)
         threads = self.compute_threads if self.device.type == "cpu" else 0
-        session = lambda name: make_session(paths[name], self.device, threads)  # noqa: E731
+        session = lambda name: make_session(paths[name], self.device, threads,  # noqa: E731
+                                            cpu_arena=self.settings.ort_cpu_arena)
         self.emotion.model = OrtModule(session("emotion"), outputs=["logits"])
         self.age_gender.model = OrtModule(session("age_gender"), outputs=["outputs"])
         self.detector.use_networks(OrtModule(session("mtcnn_pnet")), OrtModule(session("mtcnn_rnet")),
