@@ -21,6 +21,7 @@ import ctypes
 import ctypes.util
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Callable
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,23 @@ def _libc(name: str, argtypes: list, restype):
     return function
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@dataclass(frozen=True)
+class HeapStats:
+    """glibc's own account of the C heap (``mallinfo2``), for benchmarks and tests."""
+
+    arena_bytes: int  # the arenas' size (what they hold from the system, in use or free)
+    in_use_bytes: int  # allocated from the arenas
+    mapped_blocks: int  # blocks with a mapping of their own
+    mapped_bytes: int
+
+
 _TRIM = _libc("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
+_MALLINFO2 = _libc("mallinfo2", [], _MallInfo2)  # glibc 2.33 and later
 _MALLOPT = _libc("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
 
@@ -49,6 +66,15 @@ def set_mmap_threshold(size: int) -> bool:
     if size == 0 or _MALLOPT is None:
         return False
     return _MALLOPT(M_MMAP_THRESHOLD, int(size)) == 1
+
+
+def heap_stats() -> HeapStats | None:
+    """The C heap now; None without glibc 2.33's ``mallinfo2``."""
+    if _MALLINFO2 is None:
+        return None
+    info = _MALLINFO2()
+    return HeapStats(arena_bytes=info.arena, in_use_bytes=info.uordblks, mapped_blocks=info.hblks,
+                     mapped_bytes=info.hblkhd)
 
 
 def release_free_memory() -> bool:

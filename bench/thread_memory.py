@@ -19,13 +19,9 @@ from pathlib import Path
 from bench.common import machine, write_results
 
 _CHILD = """
-import ctypes, json, sys, threading
+import json, sys, threading
 import cv2, numpy as np
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
+from app.heap import heap_stats
 pool, threads = sys.argv[1] == "on", int(sys.argv[2])
 if not pool:
     cv2.setNumThreads(1)
@@ -35,10 +31,10 @@ def one():
     t.start()
     t.join()
 one()
-before = libc.mallinfo2().uordblks
+before = heap_stats().in_use_bytes
 for _ in range(threads):
     one()
-print(json.dumps({"opencv_threads": cv2.getNumThreads(), "grew_bytes": libc.mallinfo2().uordblks - before}))
+print(json.dumps({"opencv_threads": cv2.getNumThreads(), "grew_bytes": heap_stats().in_use_bytes - before}))
 """
 
 
@@ -50,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"machine": machine(), "threads": a.threads}
     for pool in ("on", "off"):
         out = subprocess.run([sys.executable, "-c", _CHILD, pool, str(a.threads)], capture_output=True, text=True,
-                             check=True)
+                             check=True, cwd=Path(__file__).resolve().parents[1])
         r = json.loads(out.stdout)
         r["bytes_per_thread"] = round(r["grew_bytes"] / a.threads, 1)
         results[f"pool_{pool}"] = r

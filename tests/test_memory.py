@@ -149,19 +149,15 @@ def test_the_service_runs_a_heap_trimmer_that_counts_its_batches(service, astron
 _MAPPED_AFTER_LARGE_FREE = """
 import ctypes, sys
 from app import heap
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
 libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 if sys.argv[1] != "0":
     assert heap.set_mmap_threshold(int(sys.argv[1]))
 libc.free(libc.malloc(8 << 20))  # a large block freed: glibc's default now raises its threshold
-before = libc.mallinfo2().hblks
+before = heap.heap_stats().mapped_blocks
 block = libc.malloc(1 << 20)  # a 1 MB frame
-print(libc.mallinfo2().hblks - before)
+print(heap.heap_stats().mapped_blocks - before)
 libc.free(block)
 """
 
@@ -170,13 +166,12 @@ def test_large_blocks_get_their_own_mapping_after_large_frees():
     """glibc raises its mmap threshold when a large mapped block is freed, so the next large blocks grow
     the arenas (and stay resident); with the service's fixed threshold they are mapped and unmapped.
     In a fresh interpreter: other threads' blocks would blur the count here."""
-    import ctypes
     import subprocess
     import sys
 
     from app import heap
 
-    if not hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2"):
+    if heap.heap_stats() is None:
         pytest.skip("glibc older than 2.33: no mallinfo2")
 
     def new_mappings(threshold: int) -> int:
@@ -194,16 +189,10 @@ def test_large_blocks_get_their_own_mapping_after_large_frees():
 def test_threads_that_call_opencv_leave_nothing_behind(service):
     """Socket.IO runs every event on a new thread. With OpenCV's own thread pool on, each thread that
     calls OpenCV kept ~0.9 KB after it ended (2,000 threads: ~1.7 MB); the service turns the pool off."""
-    import ctypes
+    from app.heap import heap_stats
 
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-    libc = ctypes.CDLL("libc.so.6")
-    if not hasattr(libc, "mallinfo2"):
+    if heap_stats() is None:
         pytest.skip("glibc older than 2.33: no mallinfo2")
-    libc.mallinfo2.restype = MallInfo2
     assert cv2.getNumThreads() == 1
     frame = np.zeros((480, 640, 3), np.uint8)
 
@@ -213,10 +202,10 @@ def test_threads_that_call_opencv_leave_nothing_behind(service):
         thread.join()
 
     frame_on_a_new_thread()
-    before = libc.mallinfo2().uordblks
+    before = heap_stats().in_use_bytes
     for _ in range(2000):
         frame_on_a_new_thread()
-    assert libc.mallinfo2().uordblks - before < 300_000
+    assert heap_stats().in_use_bytes - before < 300_000
 
 
 def test_onnx_runtime_memory_arena_can_be_turned_off(service):
