@@ -64,8 +64,8 @@ class Config:
     # default, a threshold that rises to 32 MB after large frees, so frames and tensors grow the arenas.
     MALLOC_MMAP_THRESHOLD = _int("FACEAPP_MALLOC_MMAP_THRESHOLD", 131072)
     # ONNX Runtime's CPU memory arena keeps its high-water mark: off, idle RSS after 16 large photos at once
-    # came back to 1.02-1.03x its post-warm-up value instead of 1.07-1.21x (README, Benchmarks, Memory);
-    # on by default until its cost under load is measured.
+    # came back to 1.02-1.03x its post-warm-up value instead of 1.07-1.21x, but photo throughput fell 22%
+    # (README, Benchmarks, Memory): on by default.
     ORT_CPU_ARENA = os.environ.get("FACEAPP_ORT_CPU_ARENA", "1").strip().lower() not in ("0", "false", "no")
 
     # Uploads
