@@ -3,8 +3,8 @@
 glibc keeps freed memory in its arenas for reuse and returns it only from the top of each heap, and by
 default it serves ever larger blocks from the arenas after large ones are freed (its mmap threshold
 rises with them, up to 32 MB). A long-running server that allocates frames, crops and tensors of many
-sizes from many threads then holds more than it uses: under the soak (``bench/soak.py``) the arenas
-were ~350 MB for ~250 MB in use, and each ``malloc_trim`` gave back ~50 MB. (The soak's steady creep,
+sizes from many threads then holds more than it uses: under the soak (``bench/soak.py``, read with a
+debug hook) the arenas were ~350 MB for ~250 MB in use, and each ``malloc_trim`` gave back ~50 MB. (The soak's steady creep,
 ~3 MB a minute, was not this but OpenCV's per-thread state: ``app/inference/service.py``.)
 
 - :func:`set_mmap_threshold`: blocks from this size up get their own mapping, unmapped when freed, and

@@ -11,7 +11,7 @@ the other, and ``--video-loops`` clients upload the clip, wait for its job to fi
 again and again. Every 10 s the gunicorn worker's RSS, thread count and open files are sampled.
 
 Reported: errors by kind (any answer that is not the expected one), RSS first / last and its spread
-over the last two thirds of the run (target: within +-5%), the machine's load (other work on it), threads and open files (first, last, max),
+over the last two thirds of the run (target: within +-5%) and a line fitted to it (MB a minute), the machine's load (other work on it), threads and open files (first, last, max),
 live acknowledgement p50/p95, photo p50/p95, video jobs under load: count and median time, as a ratio to
 the job alone (target: within 4x), both from upload to done and while running (the server runs one job
 at a time, VIDEO_WORKERS=1, so with two video loops each job also waits for the other's).
@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import requests
 from skimage import data
 
@@ -139,6 +140,14 @@ def video_loop(base_url: str, clip: bytes, stop: threading.Event, tally: Tally) 
             tally.video.append(timing)
 
 
+def slope_mb_per_min(samples: list[dict]) -> float | None:
+    """A least-squares line through RSS over time: what a creep looks like, apart from the jobs' ups and downs."""
+    if len(samples) < 2:
+        return None
+    minutes = np.array([s["t_s"] for s in samples]) / 60.0
+    return round(float(np.polyfit(minutes, np.array([s["rss_mb"] for s in samples]), 1)[0]), 2)
+
+
 def spread(values: list[float]) -> dict:
     mid = statistics.median(values)
     return {"min": min(values), "max": max(values), "median": mid,
@@ -194,7 +203,8 @@ def main(argv=None) -> dict:
     late = [s["rss_mb"] for s in samples[len(samples) // 3:]]
     results.update({
         "errors": tally.errors,
-        "rss_mb": {"first": samples[0]["rss_mb"], "last": samples[-1]["rss_mb"], "last_two_thirds": spread(late)},
+        "rss_mb": {"first": samples[0]["rss_mb"], "last": samples[-1]["rss_mb"], "last_two_thirds": spread(late),
+                   "slope_last_two_thirds_mb_per_min": slope_mb_per_min(samples[len(samples) // 3:])},
         "threads": {"first": samples[0]["threads"], "last": samples[-1]["threads"],
                     "max": max(s["threads"] for s in samples)},
         "open_files": {"first": samples[0]["open_files"], "last": samples[-1]["open_files"],
