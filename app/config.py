@@ -60,12 +60,15 @@ class Config:
     # Seconds between giving the C heap's free memory back to the system while the service works
     # (app/heap.py: glibc otherwise keeps what freed frames and tensors leave in its arenas); 0: never.
     HEAP_TRIM_INTERVAL_S = _float("FACEAPP_HEAP_TRIM_INTERVAL_S", 10.0)
+    # Seconds without inference work after which the service gives back what the peak left held: ONNX
+    # Runtime's arenas (P-net's grows 0.4-0.5 GB with a batch of 8 large pictures), PyTorch's CUDA cache and
+    # the C heap's free pages (app/heap.py: HeapTrimmer); 0: never. Not while working: they would only regrow.
+    IDLE_RELEASE_S = _float("FACEAPP_IDLE_RELEASE_S", 2.0)
     # Bytes from which glibc gives a block a mapping of its own, unmapped when freed (app/heap.py); 0: glibc's
     # default, a threshold that rises to 32 MB after large frees, so frames and tensors grow the arenas.
     MALLOC_MMAP_THRESHOLD = _int("FACEAPP_MALLOC_MMAP_THRESHOLD", 131072)
-    # ONNX Runtime's CPU memory arena keeps its high-water mark: off, idle RSS after 16 large photos at once
-    # came back to 1.02-1.03x its post-warm-up value instead of 1.07-1.21x, but photo throughput fell 22%
-    # (README, Benchmarks, Memory): on by default.
+    # ONNX Runtime's CPU memory arena keeps its high-water mark until IDLE_RELEASE_S shrinks it; off, every
+    # run's buffers come from the C heap, and photo throughput fell 22% (README, Benchmarks, Memory): on.
     ORT_CPU_ARENA = os.environ.get("FACEAPP_ORT_CPU_ARENA", "1").strip().lower() not in ("0", "false", "no")
 
     # Uploads

@@ -11,7 +11,8 @@ debug hook) the arenas were ~350 MB for ~250 MB in use, and each ``malloc_trim``
   the threshold stays put (the service sets 128 KiB: a frame, a crop batch, a tensor);
 - :func:`release_free_memory`: one ``malloc_trim(0)``, the free pages of every arena back to the system,
   now (``app/budget.py`` calls it after large pictures; under the soak a call gave back ~50 MB in 4-40 ms);
-- :class:`HeapTrimmer`: a thread that trims every ``interval_s`` while the process is working.
+- :class:`HeapTrimmer`: a thread that trims every ``interval_s`` while the process is working, and
+  once it stops working, has the inference service give back its runtimes' pools.
 
 README ("Benchmarks", "Soak") has the measurements. Not glibc (musl, macOS): these do nothing.
 """
@@ -21,6 +22,7 @@ import ctypes
 import ctypes.util
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -86,26 +88,45 @@ def release_free_memory() -> bool:
 
 
 class HeapTrimmer:
-    """Trims the heap every ``interval_s`` seconds, but only after work: ``activity()`` returns a counter
-    that grows with the work done (e.g. items through the inference batchers); when it has not moved since
-    the last trim there is nothing new to give back, and an idle server is left alone.
+    """Trims the heap every ``interval_s`` seconds, but only after work, and once the work stops, gives
+    back what its peaks left held. ``activity()`` returns a counter that grows with the work done (e.g.
+    items through the inference batchers): when it has not moved since the last trim there is nothing
+    new to give back, and an idle server is left alone. When it has not moved for ``idle_after_s``
+    seconds after moving, ``when_idle()`` runs once (the inference service's
+    :meth:`~app.inference.service.InferenceService.release_memory`: pools such as ONNX Runtime's arenas
+    keep their high-water mark, and shrinking them while work runs would only make it grow them again).
 
     Args:
         activity: a counter of work done.
-        interval_s: seconds between trims; 0 turns the trimmer off (nothing is started).
+        interval_s: seconds between trims; 0: no trims.
+        when_idle: called once per quiet spell; None: nothing.
+        idle_after_s: how long the counter must stay put to count as a quiet spell; 0: never.
+        start: False: no thread, the caller drives the rounds (tests). With neither trims nor an idle
+            release, no thread is started either.
     """
 
-    def __init__(self, activity: Callable[[], int], interval_s: float):
-        if interval_s < 0:
-            raise ValueError(f"the heap trim interval must be >= 0 seconds, got {interval_s}")
+    def __init__(self, activity: Callable[[], int], interval_s: float, when_idle: Callable[[], object] | None = None,
+                 idle_after_s: float = 0.0, start: bool = True):
+        if interval_s < 0 or idle_after_s < 0:
+            raise ValueError(f"the heap trim interval and idle time must be >= 0 seconds, "
+                             f"got {interval_s} and {idle_after_s}")
         self._activity = activity
         self.interval_s = float(interval_s)
+        self.idle_after_s = float(idle_after_s) if when_idle is not None else 0.0
+        self._when_idle = when_idle
         self.trims = 0
-        self._last_seen: int | None = None
+        self.idle_releases = 0
+        self._last_seen: int | None = None  # the counter at the last trim round
+        self._idle_seen: int | None = None  # the counter at the last idle check...
+        self._moved_at = 0.0  # ...when it last moved
+        self._released = True  # this quiet spell's release is done (none before the first work)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if self.interval_s > 0 and _TRIM is not None:
-            self._thread = threading.Thread(target=self._run, name="heap-trimmer", daemon=True)
+        trims = self.interval_s > 0 and _TRIM is not None
+        if start and (trims or self.idle_after_s > 0):
+            ticks = [t for t in (self.interval_s if trims else 0, self.idle_after_s / 2) if t > 0]
+            self._tick = min(ticks)
+            self._thread = threading.Thread(target=self._run, args=(trims,), name="heap-trimmer", daemon=True)
             self._thread.start()
 
     @property
@@ -123,14 +144,33 @@ class HeapTrimmer:
             return True
         return False
 
+    def release_if_idle(self, now: float) -> bool:
+        """One check at monotonic time ``now``: runs ``when_idle`` if the counter moved before and has
+        stayed put for ``idle_after_s`` since; True if it ran."""
+        seen = self._activity()
+        if seen != self._idle_seen:
+            self._idle_seen, self._moved_at, self._released = seen, now, False
+            return False
+        if self._released or self.idle_after_s <= 0 or now - self._moved_at < self.idle_after_s:
+            return False
+        self._released = True
+        self._when_idle()
+        self.idle_releases += 1
+        return True
+
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+    def _run(self, trims: bool) -> None:
+        next_trim = time.monotonic() + self.interval_s
+        while not self._stop.wait(self._tick):
+            now = time.monotonic()
             try:
-                self.trim_if_busy()
-            except Exception:  # noqa: BLE001 - a failed trim must not end the thread or the process
-                log.exception("trimming the heap failed")
+                if trims and now >= next_trim:
+                    next_trim = now + self.interval_s
+                    self.trim_if_busy()
+                self.release_if_idle(now)
+            except Exception:  # noqa: BLE001 - a failed round must not end the thread or the process
+                log.exception("giving memory back failed")

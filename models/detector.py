@@ -59,6 +59,11 @@ class FaceDetector:
         self._mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds),
                             device=self.device, post_process=False)
 
+    @property
+    def networks(self) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
+        """P-, R- and O-net, as run now."""
+        return self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet
+
     def use_networks(self, pnet: torch.nn.Module, rnet: torch.nn.Module, onet: torch.nn.Module) -> None:
         """Run MTCNN's three stages with other implementations of its networks (same inputs and
         outputs, e.g. ``models.onnx_backend.OrtModule``); the pyramid, NMS and box logic stay as they are."""

@@ -24,14 +24,15 @@ from torchvision.ops.boxes import batched_nms
 
 FACTOR = 0.709  # pyramid step, facenet-pytorch's default
 NET_BATCH = 512  # most crops per R-/O-net call (facenet-pytorch's fixed_batch_process)
+PNET_WINDOW = 12  # P-net's window: the smallest picture it takes, and the face size a scale of 1 finds
 
 
 def pyramid_scales(height: int, width: int, min_face: int, factor: float = FACTOR) -> list[float]:
     """facenet-pytorch's scales: from 12 / min_face down while the short side stays >= 12 pixels."""
-    m = 12.0 / min_face
+    m = PNET_WINDOW / min_face
     minl = min(height, width) * m
     scales, scale = [], m
-    while minl >= 12:
+    while minl >= PNET_WINDOW:
         scales.append(scale)
         scale *= factor
         minl *= factor

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import app.budget as budget_module
@@ -136,6 +137,76 @@ def test_the_heap_is_trimmed_while_the_service_works_and_left_alone_when_idle(mo
     assert trimmer.trim_if_busy() and trimmer.trims == 2
     with pytest.raises(ValueError):
         heap.HeapTrimmer(lambda: 0, interval_s=-1)
+
+
+def test_pools_are_given_back_once_per_quiet_spell_and_never_while_working():
+    from app import heap
+
+    work, released = [0], []
+    trimmer = heap.HeapTrimmer(lambda: work[0], interval_s=0, when_idle=lambda: released.append(1),
+                               idle_after_s=2.0, start=False)
+    assert not trimmer.release_if_idle(0.0)  # first look: work was done (the warm-up), the spell starts
+    assert not trimmer.release_if_idle(1.9) and released == []  # not quiet for long enough yet
+    assert trimmer.release_if_idle(2.0) and released == [1]
+    assert not trimmer.release_if_idle(60.0) and released == [1]  # once per quiet spell
+    for t in range(10, 20):  # steady work: never released, however long it lasts
+        work[0] += 1
+        assert not trimmer.release_if_idle(100.0 + t)
+    assert trimmer.release_if_idle(121.0) and trimmer.idle_releases == 2
+    never = heap.HeapTrimmer(lambda: work[0], interval_s=0, when_idle=released.append, idle_after_s=0, start=False)
+    assert not never.release_if_idle(0.0) and not never.release_if_idle(1e9)
+    with pytest.raises(ValueError):
+        heap.HeapTrimmer(lambda: 0, interval_s=0, when_idle=print, idle_after_s=-1)
+
+
+def test_the_service_gives_its_pools_back_when_work_stops(service, astronaut, monkeypatch):
+    """Every ONNX Runtime network's arena is shrunk, once, about IDLE_RELEASE_S after the last batch."""
+    trimmer = service._heap_trimmer
+    assert trimmer.running and trimmer.idle_after_s == TestConfig.IDLE_RELEASE_S > 0
+    networks = (service.emotion.model, service.age_gender.model, *service.detector.networks)
+    shrunk = []
+    if service.backend == "onnxruntime":
+        for network in networks:
+            monkeypatch.setattr(network, "release_arena", lambda n=network: shrunk.append(n) or True)
+    before = trimmer.idle_releases
+    service.analyze(astronaut)
+    deadline = time.monotonic() + TestConfig.IDLE_RELEASE_S + 5
+    while trimmer.idle_releases == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert trimmer.idle_releases == before + 1
+    if service.backend == "onnxruntime":
+        assert sorted(map(id, shrunk)) == sorted(map(id, networks))
+
+
+def test_a_shrunk_arena_gives_back_what_a_large_batch_took(service):
+    """ONNX Runtime's CPU arena keeps its high-water mark: P-net on 8 large pictures at once grows it by
+    hundreds of MB, held until the session ends unless a run asks for a shrink."""
+    import re
+
+    from models.mtcnn_pipeline import PNET_WINDOW
+    from models.onnx_backend import OrtModule, exported_models, make_session
+
+    if service.backend != "onnxruntime":
+        pytest.skip("the torch backend runs no ONNX sessions")
+
+    def rss_mb() -> float:
+        release_free_memory()
+        return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+    s = service.settings
+    path = exported_models(s.onnx_dir, s.emotion_weights, s.age_gender_weights)["mtcnn_pnet"]
+    pnet = OrtModule(make_session(path, service.device, 1), smallest_side=PNET_WINDOW)  # its own arena
+    pnet(torch.zeros(1, 3, PNET_WINDOW, PNET_WINDOW))
+    before = rss_mb()
+    pnet(torch.zeros(8, 3, 480, 640))  # a detector batch of 8 photos at the first scale of a 1280 search
+    grown = rss_mb() - before
+    assert grown > 100  # held after the run: the arena
+    assert pnet.release_arena()
+    assert rss_mb() - before < grown / 4
+    off = OrtModule(make_session(path, service.device, 1, cpu_arena=False), smallest_side=PNET_WINDOW)
+    assert not off.release_arena()  # no arena: nothing to shrink (and asking would be an error)
+    with pytest.raises(ValueError):
+        OrtModule(make_session(path, service.device, 1)).release_arena()  # P-net's open sides need a smallest side
 
 
 def test_the_service_runs_a_heap_trimmer_that_counts_its_batches(service, astronaut):

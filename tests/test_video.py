@@ -84,6 +84,7 @@ def test_upload_processes_to_an_annotated_h264_of_the_same_shape(done_job, tmp_p
     assert body["status"] == "queued" and set(body["urls"]) >= {"status", "annotated_mp4", "frames_jsonl"}
     assert status["status"] == "done", status
     assert status["progress"] == 1.0 and status["frames_done"] == status["frames_total"] == 24
+    assert status["created"] <= status["started"] <= status["updated"]  # its run's time: updated - started
 
     response = client.get(body["urls"]["annotated_mp4"])
     assert response.status_code == 200 and response.mimetype == "video/mp4"

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from app.heap import HeapTrimmer, set_mmap_threshold
+from app.heap import HeapTrimmer, release_free_memory, set_mmap_threshold
 from app.inference import PHOTO, SOURCE_WEIGHTS
 from app.inference.batching import MicroBatcher
 from app.inference.explain import (Explanation, crop_matrix, heat_from_drops, heat_on_box, occlusion_batch,
@@ -134,6 +134,7 @@ class ServiceSettings:
     backend: str = "auto"  # auto | torch | onnxruntime
     onnx_dir: str = "instance/onnx"
     heap_trim_interval_s: float = 10.0  # app/heap.py: HeapTrimmer; 0 = off
+    idle_release_s: float = 2.0  # release_memory() after this long without work; 0 = never
     malloc_mmap_threshold: int = 131072  # app/heap.py: set_mmap_threshold; 0 = glibc's default
     ort_cpu_arena: bool = True  # ONNX Runtime's CPU memory arena (models/onnx_backend.py: make_session)
 
@@ -155,6 +156,7 @@ class ServiceSettings:
             backend=str(get("INFERENCE_BACKEND")),
             onnx_dir=str(get("ONNX_DIR")),
             heap_trim_interval_s=float(get("HEAP_TRIM_INTERVAL_S")),
+            idle_release_s=float(get("IDLE_RELEASE_S")),
             malloc_mmap_threshold=int(get("MALLOC_MMAP_THRESHOLD")),
             ort_cpu_arena=bool(get("ORT_CPU_ARENA")),
         )
@@ -213,8 +215,10 @@ class InferenceService:
         self._batcher: MicroBatcher[_FaceJob, FacePrediction] = MicroBatcher(
             self._predict_batch, max_batch_size=settings.max_batch_size, max_wait_ms=self.max_wait_ms,
             max_queue=settings.max_queue, name="face-heads", weights=SOURCE_WEIGHTS)
-        # What the arenas free still stays resident until trimmed: give it back while the service works.
-        self._heap_trimmer = HeapTrimmer(self._items_served, settings.heap_trim_interval_s)
+        # What the arenas free still stays resident until trimmed: give it back while the service works,
+        # and what the pools hold once it stops.
+        self._heap_trimmer = HeapTrimmer(self._items_served, settings.heap_trim_interval_s,
+                                         when_idle=self.release_memory, idle_after_s=settings.idle_release_s)
         self.ready = False
         self._warm_up()
         self.ready = True
@@ -241,6 +245,7 @@ class InferenceService:
     def _use_onnxruntime(self) -> None:
         """Swap every network for its ONNX export run by ONNX Runtime; the checkpoints still supply the
         cards (preprocessing, labels)."""
+        from models.mtcnn_pipeline import PNET_WINDOW
         from models.onnx_backend import OrtModule, exported_models, make_session
 
         paths = exported_models(self.settings.onnx_dir, self.settings.emotion_weights,
@@ -250,8 +255,8 @@ class InferenceService:
                                             cpu_arena=self.settings.ort_cpu_arena)
         self.emotion.model = OrtModule(session("emotion"), outputs=["logits"])
         self.age_gender.model = OrtModule(session("age_gender"), outputs=["outputs"])
-        self.detector.use_networks(OrtModule(session("mtcnn_pnet")), OrtModule(session("mtcnn_rnet")),
-                                   OrtModule(session("mtcnn_onet")))
+        self.detector.use_networks(OrtModule(session("mtcnn_pnet"), smallest_side=PNET_WINDOW),
+                                   OrtModule(session("mtcnn_rnet")), OrtModule(session("mtcnn_onet")))
         log.info("onnxruntime backend: %s (%s)", paths["emotion"].parent,
                  self.emotion.model.session.get_providers()[0])
 
@@ -372,6 +377,18 @@ class InferenceService:
         return Explanation(method="occlusion", label=self.emotion.card.labels["emotion"][label], box=face.box,
                            width=heat.shape[1], height=heat.shape[0], peak_drop=float(max(drops.max(), 0.0)),
                            png=render_png(heat))
+
+    def release_memory(self) -> None:
+        """Gives back what peaks of work left held: the free regions of ONNX Runtime's CPU arenas (each
+        keeps its high-water mark), PyTorch's cached CUDA blocks, and the C heap's free pages. Safe while
+        work runs (what is in use is kept), but meant for quiet spells (HeapTrimmer): busy, the pools
+        would only grow again."""
+        if self.backend == "onnxruntime":
+            for network in (self.emotion.model, self.age_gender.model, *self.detector.networks):
+                network.release_arena()
+        elif self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        release_free_memory()
 
     def close(self) -> None:
         self._heap_trimmer.close()

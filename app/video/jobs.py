@@ -133,6 +133,7 @@ class VideoJob:
             "options": asdict(self.options),
             "filename": self.original_filename,
             "created": self.created,
+            "started": self.started,  # this run's start (null while queued): running time = updated - started once done
             "updated": self.updated,
         }
 
