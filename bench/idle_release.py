@@ -13,7 +13,7 @@ each arm and the ratio of the released arm's first-photo latency to the kept arm
 from __future__ import annotations
 
 import argparse
-import re
+import os
 import threading
 import time
 from pathlib import Path
@@ -22,13 +22,10 @@ import cv2
 import numpy as np
 
 from bench.common import machine, percentile, write_results
+from bench.memory_uploads import rss_mb
 
 PHOTO_SIZE = (1280, 960)
 BURST = 8
-
-
-def rss_mb() -> float:
-    return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
 
 
 def one_face_photo() -> np.ndarray:
@@ -78,7 +75,7 @@ def main(argv=None) -> dict:
             arms[arm]["release_ms"].append((time.perf_counter() - t0) * 1000)
         else:
             release_free_memory()  # the C heap trimmed in both arms: the difference is the arenas
-        arms[arm]["rss_mb"].append(rss_mb())
+        arms[arm]["rss_mb"].append(rss_mb(os.getpid()))
         t0 = time.perf_counter()
         service.analyze(photo)
         arms[arm]["first_photo_ms"].append((time.perf_counter() - t0) * 1000)
