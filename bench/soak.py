@@ -58,7 +58,7 @@ class Tally:
 @dataclass(frozen=True)
 class VideoTiming:
     """By the server's own clock (the job's created, started and updated times): polling would measure a
-    job of ~1.2 s alone in steps of POLL_S, ±20%."""
+    job of ~1.2 s alone in steps of POLL_S (0.2 s, a sixth of it)."""
     total_s: float  # created to done, waiting in the job queue included
     running_s: float  # started to done
 
@@ -169,7 +169,7 @@ def main(argv=None) -> dict:
                "photo_loops": args.photo_loops, "video_loops": args.video_loops}
     with gunicorn(env={"RATELIMIT_ENABLED": "false"}) as (base_url, _ready):
         pid = worker_pid(int(base_url.rsplit(":", 1)[1]))
-        # Alone: a job of ~1.2 s varies by ±20% from one run to the next on this machine, so ALONE_RUNS
+        # Alone: a job of ~1.2 s varies by ±10% from one run to the next on this machine, so ALONE_RUNS
         # before the load (after one not counted) and ALONE_RUNS after it; the baseline is their median.
         run_video_job(base_url, clip)
         alone_before = [run_video_job(base_url, clip) for _ in range(ALONE_RUNS)]
@@ -237,8 +237,8 @@ def video_summary(timings: list[VideoTiming], alone: VideoTiming) -> dict:
     a job's total includes waiting for the other loop's job; its running time does not."""
     if not timings:
         return {"count": 0}
-    total = statistics.median(t.total_s for t in timings)
-    running = statistics.median(t.running_s for t in timings)
+    median = median_timing(timings)
+    total, running = median.total_s, median.running_s
     return {"count": len(timings), "median_total_s": round(total, 2), "median_running_s": round(running, 2),
             "total_vs_alone": round(total / alone.total_s, 2), "running_vs_alone": round(running / alone.running_s, 2),
             "running_p90_vs_alone": round(percentile([t.running_s for t in timings], 90) / alone.running_s, 2)}
