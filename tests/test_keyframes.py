@@ -41,9 +41,9 @@ class CountingService:
     def __init__(self, service):
         self.service, self.searched = service, 0
 
-    def detect_many(self, images, max_side=None, source="photo"):
+    def submit_searches(self, images, max_side=None, source="photo"):
         self.searched += len(images)
-        return self.service.detect_many(images, max_side, source)
+        return self.service.submit_searches(images, max_side, source)
 
     def follow(self, image, previous, source="photo"):
         return self.service.follow(image, previous, source)
@@ -68,6 +68,22 @@ def test_a_face_that_enters_is_found_at_the_next_search(service, astronaut):
     frames[:4] = [empty] * 4  # the face enters at frame 4
     found = KeyframeDetector(service, search_every=3).detect(frames)  # searches at 0, 3, 6, 9
     assert [len(f) for f in found] == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_chunks_started_ahead_finish_as_one_call_would(service, astronaut):
+    """A video job queues the searches of later chunks before it finishes earlier ones (start, then
+    finish in order): the detections are those of one call over all the frames."""
+    frames = moving_face_frames(astronaut, frames=16, width=480, height=240)
+    ahead = KeyframeDetector(service, search_every=4)
+    pending = [ahead.start(frames[i:i + 4]) for i in range(0, 16, 4)]
+    assert ahead.frames_started == 16 and ahead.frames_seen == 0 and ahead.searches == 4
+    with pytest.raises(ValueError, match="out of order"):
+        ahead.finish(pending[1])
+    staged = [d for p in pending for d in ahead.finish(p)]
+    together = KeyframeDetector(service, search_every=4).detect(frames)
+    assert [len(d) for d in staged] == [len(d) for d in together] == [1] * 16
+    for mine, theirs in zip(staged, together):
+        assert np.allclose(mine[0].box, theirs[0].box, atol=0.5)
 
 
 def test_search_every_must_be_positive(service):

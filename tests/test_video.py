@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import time
+from concurrent.futures import Future
 from fractions import Fraction
 from pathlib import Path
 
@@ -628,3 +629,115 @@ def test_video_work_counts_against_the_video_share_of_every_worker(video_client,
     response = post_video(video_client, clip.read_bytes(), "face.mp4")
     assert wait_done(video_client, response.get_json()["id"])["status"] == "done"
     assert set(kinds) == {("detector", VIDEO), ("follower", VIDEO), ("face-heads", VIDEO)}
+
+
+class RecordingService:
+    """The real service, noting when a job queues searches and when it waits for faces."""
+
+    def __init__(self, service):
+        self.service, self.events, self.futures = service, [], []
+
+    def __getattr__(self, name):
+        return getattr(self.service, name)
+
+    def submit_searches(self, images, max_side=None, source="photo"):
+        self.events.append(("search", len(images)))
+        futures = self.service.submit_searches(images, max_side, source)
+        self.futures += futures
+        return futures
+
+    def submit_faces(self, images, detections, source="photo"):
+        pending = self.service.submit_faces(images, detections, source)
+        self.futures += pending.futures
+        events = self.events
+
+        class Noted:
+            futures = pending.futures
+
+            def result(self):
+                events.append(("faces", len(images)))
+                return pending.result()
+
+        return Noted()
+
+
+def run_process_video(service, clip, folder, cancel_after=None, chunk_frames=8):
+    from app.video.jobs import VideoOptions
+    from app.video.processing import process_video
+
+    folder.mkdir()
+    (folder / "input.mp4").write_bytes(clip.read_bytes())
+    job = VideoJob(id=folder.name, folder=str(folder), options=VideoOptions(search_every=5))
+    reports = []
+    process_video(job, service, lambda: cancel_after is not None and len(reports) >= cancel_after, reports.append,
+                  chunk_frames=chunk_frames)
+    return job, [json.loads(line) for line in (folder / "frames.jsonl").read_text().splitlines()]
+
+
+def test_a_job_searches_its_next_chunks_before_it_waits_for_faces(service, clip, tmp_path):
+    """The pipeline (app/video/processing.py): the searches of chunks 2 and 3 are queued before the faces
+    of chunk 1 are awaited, and the frames come out as with one chunk at a time."""
+    recording = RecordingService(service)
+    job, frames = run_process_video(recording, clip, tmp_path / "piped", chunk_frames=4)
+    assert job.frames_total == 24
+    first_wait = recording.events.index(("faces", 4))
+    assert [e for e in recording.events[:first_wait] if e[0] == "search"] == [("search", 1)] * 3
+    assert len([e for e in recording.events if e[0] == "faces"]) == 6  # every chunk's faces, each once
+    _, alone = run_process_video(service, clip, tmp_path / "one-frame-chunks", chunk_frames=1)
+    assert [f["frame"] for f in frames] == list(range(24)) == [f["frame"] for f in alone]
+    for piped, single in zip(frames, alone):
+        assert len(piped["faces"]) == len(single["faces"]) == 1
+        assert np.allclose(piped["faces"][0]["box"], single["faces"][0]["box"], atol=0.5)
+        assert piped["faces"][0]["emotion"]["label"] == single["faces"][0]["emotion"]["label"]
+
+
+class LazyFuture(Future):
+    """Work that runs when its result is first asked for, unless it was cancelled before."""
+
+    def __init__(self, compute):
+        super().__init__()
+        self.compute = compute
+
+    def result(self, timeout=None):
+        if not self.done() and self.set_running_or_notify_cancel():
+            self.set_result(self.compute())
+        return super().result(timeout)
+
+
+class LazyService(RecordingService):
+    """The real service, but what a job queues runs only when the job waits for it."""
+
+    def submit_searches(self, images, max_side=None, source="photo"):
+        futures = [LazyFuture(lambda im=im: self.service.detect_many([im], max_side, source)[0]) for im in images]
+        self.futures += futures
+        return futures
+
+    def submit_faces(self, images, detections, source="photo"):
+        from app.inference.service import PendingFaces
+
+        jobs = [self.service._job_from_landmarks(image, d.landmarks)
+                for image, found in zip(images, detections) for d in found]
+        futures = [LazyFuture(lambda j=j: self.service._batcher.submit(j, source).result()) for j in jobs]
+        self.futures += futures
+        return PendingFaces(detections, jobs, futures)
+
+
+def test_a_cancelled_job_leaves_no_work_queued(service, clip, tmp_path):
+    """Cancelled after its first chunk is written, a job drops the searches of chunk 3 and the faces of
+    chunk 2 that it had queued."""
+    lazy = LazyService(service)
+    with pytest.raises(JobCancelled):
+        run_process_video(lazy, clip, tmp_path / "cancelled", cancel_after=1, chunk_frames=4)
+    cancelled = [f for f in lazy.futures if f.cancelled()]
+    assert len(cancelled) == 1 + 4  # chunk 3's one searched frame, chunk 2's four faces
+    assert all(f.cancelled() or f.done() for f in lazy.futures)
+
+
+@pytest.mark.parametrize("width,height,stride,expected", [
+    (320, 240, 1, 16), (1280, 720, 1, 16), (1920, 1080, 1, 12), (3840, 2160, 1, 3), (1920, 1080, 5, 2),
+    (4096, 4096, 3, 1)])
+def test_chunks_shrink_so_that_large_frames_do_not_pile_up(width, height, stride, expected):
+    from app.video.processing import HELD_PIXELS, chunk_size
+
+    assert chunk_size(width, height, stride) == expected
+    assert 3 * expected * stride * width * height <= HELD_PIXELS or expected == 1

@@ -11,7 +11,8 @@ as O-net no longer scores it as a face.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -21,6 +22,15 @@ from app.tracking import greedy_match
 from models.detector import Detection
 
 MATCH_MIN_IOU = 0.3  # a face of this frame continues one of the last frame (after its predicted move)
+
+
+@dataclass(frozen=True)
+class PendingFrames:
+    """Frames whose searches are queued (:meth:`KeyframeDetector.start`)."""
+
+    first: int  # the first frame's number in the sequence
+    frames: list[np.ndarray]
+    searches: dict[int, Future]  # frame's place in ``frames`` -> its search
 
 
 class KeyframeDetector:
@@ -43,7 +53,8 @@ class KeyframeDetector:
         self.search_every = int(search_every)
         self.max_side = max_side
         self.source = source
-        self.frames_seen = 0
+        self.frames_seen = 0  # frames whose detections are out (finish)
+        self.frames_started = 0  # frames whose searches are queued (start)
         self.searches = 0
         self._last: list[Detection] = []
         self._velocity: list[np.ndarray] = []  # per face of ``_last``: its box's move over one frame
@@ -51,19 +62,36 @@ class KeyframeDetector:
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
         """Detections for ``frames``, which continue the frames of the previous call. The searched
         frames of the call go through the detector together (same-size frames share an MTCNN batch)."""
-        first = self.frames_seen
+        return self.finish(self.start(frames))
+
+    def start(self, frames: Sequence[np.ndarray]) -> PendingFrames:
+        """Queues the searches of ``frames`` (which continue the frames of the previous ``start``) and
+        returns at once: a video job searches its next chunk while it follows and draws this one.
+        Each returned value goes to :meth:`finish`, in the order they were started."""
+        first = self.frames_started
         searched_at = [k for k in range(len(frames)) if (first + k) % self.search_every == 0]
-        searched = dict(zip(searched_at, self.service.detect_many([frames[k] for k in searched_at], self.max_side,
-                                                                        source=self.source)))
+        futures = (self.service.submit_searches([frames[k] for k in searched_at], self.max_side, source=self.source)
+                   if searched_at else [])
+        self.frames_started += len(frames)
         self.searches += len(searched_at)
+        return PendingFrames(first, list(frames), dict(zip(searched_at, futures)))
+
+    def finish(self, pending: PendingFrames) -> list[list[Detection]]:
+        """The detections of ``pending``'s frames: its searches' results, and its other frames' faces
+        followed from the frame before (one follow after the other: each starts where the last left)."""
+        if pending.first != self.frames_seen:
+            raise ValueError(f"frames {pending.first}... finished out of order (expected {self.frames_seen})")
         out: list[list[Detection]] = []
-        for k, frame in enumerate(frames):
+        for k, frame in enumerate(pending.frames):
             predicted = [replace(d, box=d.box + v) for d, v in zip(self._last, self._velocity)]
-            found = searched[k] if k in searched else self.service.follow(frame, predicted, source=self.source)
+            if k in pending.searches:
+                found = pending.searches[k].result()
+            else:
+                found = self.service.follow(frame, predicted, source=self.source)
             self._velocity = self._motion(predicted, found)
             self._last = found
             out.append(found)
-        self.frames_seen += len(frames)
+        self.frames_seen += len(pending.frames)
         return out
 
     def _motion(self, predicted: list[Detection], found: list[Detection]) -> list[np.ndarray]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -116,6 +117,20 @@ class _FaceJob:
 
     emotion_crop: np.ndarray
     age_gender_crop: np.ndarray
+
+
+@dataclass(frozen=True)
+class PendingFaces:
+    """Faces of several pictures queued for the heads (:meth:`InferenceService.submit_faces`)."""
+
+    detections: Sequence[Sequence[Detection]]
+    jobs: list[_FaceJob]
+    futures: list[Future]
+
+    def result(self) -> list[list[Face]]:
+        """Per picture, its faces, waiting for the heads as needed; raises what the heads raised."""
+        answers = iter(zip([f.result() for f in self.futures], self.jobs))
+        return [[_face(d, *next(answers)) for d in found] for found in self.detections]
 
 
 @dataclass(frozen=True)
@@ -298,8 +313,13 @@ class InferenceService:
 
     def detect_many(self, images: list[np.ndarray], max_side: int | None = None,
                     source: str = PHOTO) -> list[list[Detection]]:
-        requests = [_DetectRequest(image, max_side) for image in images]
-        return [f.result() for f in self._detector.submit_many(requests, source)]
+        return [f.result() for f in self.submit_searches(images, max_side, source)]
+
+    def submit_searches(self, images: Sequence[np.ndarray], max_side: int | None = None,
+                        source: str = PHOTO) -> list[Future]:
+        """:meth:`detect_many` without waiting: one Future per picture, resolving to its detections
+        (a video job searches its next chunk while it finishes this one)."""
+        return self._detector.submit_many([_DetectRequest(image, max_side) for image in images], source)
 
     def follow(self, image: np.ndarray, previous: Sequence[Detection], source: str = PHOTO) -> list[Detection]:
         """The faces of ``previous`` (the last frame's detections) where they are in ``image`` now,
@@ -355,10 +375,14 @@ class InferenceService:
                      source: str = PHOTO) -> list[list[Face]]:
         """The heads on the faces of several pictures (a chunk of video frames): every face is
         submitted before any answer is awaited, so faces of different frames share batches."""
+        return self.submit_faces(images, detections, source).result()
+
+    def submit_faces(self, images: Sequence[np.ndarray], detections: Sequence[Sequence[Detection]],
+                     source: str = PHOTO) -> PendingFaces:
+        """:meth:`analyze_many` without waiting: the faces are aligned and queued for the heads now."""
         jobs = [self._job_from_landmarks(image, d.landmarks)
                 for image, found in zip(images, detections) for d in found]
-        answers = iter(zip([f.result() for f in self._batcher.submit_many(jobs, source)], jobs))
-        return [[_face(d, *next(answers)) for d in found] for found in detections]
+        return PendingFaces(detections, jobs, self._batcher.submit_many(jobs, source))
 
     def explain(self, image: np.ndarray, face: Face) -> Explanation:
         """Occlusion sensitivity of ``face``'s emotion label (app/inference/explain.py), mapped onto its box.

@@ -1,10 +1,18 @@
 """One video job, start to end: decode (PyAV) -> detect in chunks -> heads -> tracking + smoothing ->
-annotated H.264 + frames.jsonl + frames.csv + summary.json + one thumbnail per track."""
+annotated H.264 + frames.jsonl + frames.csv + summary.json + one thumbnail per track.
+
+The chunks go through a pipeline: while chunk k is decoded, the searches of chunk k-1 run in the
+detector's worker and the faces of chunk k-2 in the heads'. The job's own thread follows faces, draws and
+encodes in between, so its waits on the service overlap instead of adding up: under 16 live clients a
+video job spent half its time waiting for its searches (README, Benchmarks, Soak). Results are the same
+as one chunk at a time: following and tracking still see the frames in order.
+"""
 from __future__ import annotations
 
 import csv
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable
@@ -15,14 +23,20 @@ import numpy as np
 
 from app.formatting import label_parts
 from app.inference import VIDEO
-from app.inference.keyframes import KeyframeDetector
+from app.inference.keyframes import KeyframeDetector, PendingFrames
+from app.inference.service import PendingFaces
 from app.inference.results import Face
 from app.tracking import FaceTracker, TrackedFace
 from app.video.jobs import JobCancelled, VideoJob
 
-# Analysed frames per chunk: the chunk's searched frames share one MTCNN batch and all its faces are
-# submitted to the heads together, so they share batches too (bench/video_throughput.py).
-CHUNK_FRAMES = 8
+# Most analysed frames per chunk: the chunk's searched frames share one MTCNN batch and all its faces are
+# submitted to the heads together, so they share batches too (bench/video_throughput.py). 16 rather than 8:
+# under load, each chunk's search waits for the detector's batch in flight, once (bench/soak.py, README).
+CHUNK_FRAMES = 16
+# Most decoded pixels the pipeline holds (three chunks: one being decoded, one being searched, one with the
+# heads and then drawn), ~240 MB of RGB frames, what one chunk of eight 4K frames held before the pipeline:
+# up to 720p a chunk has 16 analysed frames, 1080p 12, 4K 3 (chunk_size).
+HELD_PIXELS = 80_000_000
 TIMELINE_POINTS = 200  # most points of a track's emotion timeline in summary.json
 # The pages' palette (static/js/faces.js): face #n has the same colour in the video as on its card.
 TRACK_COLORS = [tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in (
@@ -191,6 +205,12 @@ def even_size(width: int, height: int) -> tuple[int, int]:
     return width + width % 2, height + height % 2
 
 
+def chunk_size(width: int, height: int, stride: int, most: int = CHUNK_FRAMES) -> int:
+    """Analysed frames per chunk: ``most``, fewer where three chunks of such frames (with the
+    ``stride - 1`` frames after each, which are only drawn) would hold more than ``HELD_PIXELS``."""
+    return max(1, min(most, HELD_PIXELS // (3 * max(1, width * height) * max(1, stride))))
+
+
 def process_video(job: VideoJob, service, is_cancelled: Callable[[], bool],
                   report: Callable[[VideoJob], None], chunk_frames: int = CHUNK_FRAMES) -> None:
     """Runs ``job`` to its outputs; raises ``JobCancelled`` or an exception whose text is the reason."""
@@ -222,14 +242,28 @@ def process_video(job: VideoJob, service, is_cancelled: Callable[[], bool],
             last: list[TrackedFace] = []
             index = 0
             chunk: list[tuple[int, float, np.ndarray]] = []
+            per_chunk = chunk_size(width, height, stride, chunk_frames)
+            # The pipeline (module docstring): chunks whose searches are queued, then chunks whose faces
+            # are with the heads; each list holds at most two, and a third chunk is being decoded.
+            searching: deque[tuple[list, list[int], PendingFrames]] = deque()
+            with_heads: deque[tuple[list, list[int], PendingFaces]] = deque()
 
-            def flush() -> None:
+            def start() -> None:
+                analysed = [i for i, _, _ in chunk if i % stride == 0]
+                images = [img for i, _, img in chunk if i % stride == 0]
+                searching.append((list(chunk), analysed, detector.start(images)))
+                chunk.clear()
+
+            def to_heads() -> None:
+                frames, analysed, pending = searching.popleft()
+                detections = detector.finish(pending)
+                with_heads.append((frames, analysed, service.submit_faces(pending.frames, detections, source=VIDEO)))
+
+            def write() -> None:
                 nonlocal last
-                analysed = [(i, img) for i, _, img in chunk if i % stride == 0]
-                images = [img for _, img in analysed]
-                faces = service.analyze_many(images, detector.detect(images), source=VIDEO)
-                found = {i: f for (i, _), f in zip(analysed, faces)}
-                for i, time_s, img in chunk:
+                frames, analysed, pending = with_heads.popleft()
+                found = dict(zip(analysed, pending.result()))
+                for i, time_s, img in frames:
                     is_analysed = i in found
                     if is_analysed:
                         last = tracker.update(found[i])
@@ -244,24 +278,43 @@ def process_video(job: VideoJob, service, is_cancelled: Callable[[], bool],
                         canvas = np.pad(canvas, ((0, out_h - height), (0, out_w - width), (0, 0)), mode="edge")
                     for packet in out.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24")):
                         sink.mux(packet)
-                chunk.clear()
-                _progress(job, index, t_start)
+                _progress(job, frames[-1][0] + 1, t_start)
                 report(job)
                 if is_cancelled():
                     raise JobCancelled()
 
+            def advance(final: bool = False) -> None:
+                """Moves the pipeline on: every stage that has a chunk waiting behind its current one
+                (all of them, at the end) passes its oldest chunk on."""
+                while len(searching) > (0 if final else 1):
+                    to_heads()
+                    while len(with_heads) > (0 if final else 1):
+                        write()
+                while final and with_heads:
+                    write()
+
             try:
-                for frame in source.decode(stream):
-                    time_s = float(frame.time) if frame.time is not None else index / float(fps)
-                    chunk.append((index, time_s, frame.to_ndarray(format="rgb24")))
-                    index += 1
-                    if len(chunk) >= chunk_frames * stride:
-                        flush()
-            except av.error.FFmpegError as exc:
-                raise ValueError(f"the video could not be decoded after frame {index} "
-                                 f"(truncated or corrupt?): {getattr(exc, 'strerror', None) or exc}") from None
-            if chunk:
-                flush()
+                try:
+                    for frame in source.decode(stream):
+                        time_s = float(frame.time) if frame.time is not None else index / float(fps)
+                        chunk.append((index, time_s, frame.to_ndarray(format="rgb24")))
+                        index += 1
+                        if len(chunk) >= per_chunk * stride:
+                            start()
+                            advance()
+                except av.error.FFmpegError as exc:
+                    raise ValueError(f"the video could not be decoded after frame {index} "
+                                     f"(truncated or corrupt?): {getattr(exc, 'strerror', None) or exc}") from None
+                if chunk:
+                    start()
+                advance(final=True)
+            finally:  # on a failure or a cancel, work still queued for this job is dropped
+                for _, _, pending in searching:
+                    for future in pending.searches.values():
+                        future.cancel()
+                for _, _, pending in with_heads:
+                    for future in pending.futures:
+                        future.cancel()
             if index == 0:
                 raise ValueError("the video has no decodable frames")
             # Threaded decoding hides the error of a file cut mid-way: the frames just stop. The
