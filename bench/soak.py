@@ -216,16 +216,21 @@ def main(argv=None) -> dict:
                        "max": max(s["open_files"] for s in samples)},
         "load_1min": {"median": statistics.median(s["load_1min"] for s in samples),
                       "max": max(s["load_1min"] for s in samples)},
-        "live_ack_ms": {"p50": round(percentile(tally.live_ms, 50), 1), "p95": round(percentile(tally.live_ms, 95), 1),
-                        "frames": len(tally.live_ms)},
-        "photo_ms": {"p50": round(percentile(tally.photo_ms, 50), 1), "p95": round(percentile(tally.photo_ms, 95), 1),
-                     "requests": len(tally.photo_ms)},
+        "live_ack_ms": {**latency_percentiles(tally.live_ms), "frames": len(tally.live_ms)},
+        "photo_ms": {**latency_percentiles(tally.photo_ms), "requests": len(tally.photo_ms)},
         "video_jobs_under_load": video_summary(tally.video, alone),
         "samples": samples,
     })
     print({k: v for k, v in results.items() if k != "samples"})
     write_results(results, args.out)
     return results
+
+
+def latency_percentiles(values_ms: list[float]) -> dict:
+    """p50 and p95, or None for a kind of client the run did not start (``--live 0``, ``--photo-loops 0``)."""
+    if not values_ms:
+        return {"p50": None, "p95": None}
+    return {"p50": round(percentile(values_ms, 50), 1), "p95": round(percentile(values_ms, 95), 1)}
 
 
 def median_timing(timings: list[VideoTiming]) -> VideoTiming:
